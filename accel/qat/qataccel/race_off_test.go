@@ -1,0 +1,5 @@
+//go:build !race
+
+package qataccel
+
+const raceEnabled = false

@@ -1,0 +1,333 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dwcp/dwcp/host/internal/pb/streamv1"
+	"github.com/dwcp/dwcp/host/wire"
+	"github.com/dwcp/dwcp/sdk/codec"
+	"github.com/zeebo/blake3"
+	"golang.org/x/sync/errgroup"
+)
+
+// DestConfig configures Receive.
+type DestConfig struct {
+	// Codecs by algorithm name.
+	Codecs map[string]codec.Codec
+	// PageStage builds the page-stage decoder a source asks for; nil
+	// refuses page-stage streams.
+	PageStage DecoderFactory
+	// Workers decompress in parallel (default GOMAXPROCS).
+	Workers int
+	// MaxHold bounds the bytes held back awaiting a checkpoint (default
+	// 64 MiB); a source that exceeds it is cut off.
+	MaxHold int
+	// Accept is called with the source's hello before the destination
+	// accepts; it prepares the output (e.g. starts the destination VM)
+	// and returns where the stream goes and where return-path bytes come
+	// from (nil: none).
+	Accept func(ctx context.Context, h *streamv1.Hello) (out io.Writer, ret io.Reader, err error)
+	// Name is reported to the source.
+	Name string
+}
+
+type decodeJob struct {
+	frame  []byte
+	h      wire.BatchHeader
+	raw    []byte // decompressed compressible section
+	stored []byte
+	cp     *wire.Checkpoint
+	err    error
+	done   chan struct{}
+}
+
+// Receive runs the destination side of one stream on c: it answers the
+// hello, rebuilds the stream and writes it to the writer Accept returned,
+// never past the last verified checkpoint. It returns after the final
+// checkpoint was verified, everything written, and the source told.
+func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*streamv1.Hello, Summary, error) {
+	if prog == nil {
+		prog = &Progress{}
+	}
+	prog.start = time.Now()
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	if cfg.MaxHold <= 0 {
+		cfg.MaxHold = 64 << 20
+	}
+	first, err := c.Recv(ctx)
+	if err != nil {
+		return nil, prog.Snapshot(), fmt.Errorf("wait for hello: %w", err)
+	}
+	hello := &streamv1.Hello{}
+	if err := unmarshalFrame(first, wire.TypeHello, hello); err != nil {
+		sendAbort(ctx, c, streamv1.AbortCode_ABORT_CODE_CORRUPT, err)
+		return nil, prog.Snapshot(), err
+	}
+	prog.qemu.Store(hello.Kind == streamv1.StreamKind_STREAM_KIND_QEMU)
+	codecs, dec, err := negotiate(hello, cfg)
+	if err != nil {
+		sendAbort(ctx, c, streamv1.AbortCode_ABORT_CODE_UNSUPPORTED, err)
+		return hello, prog.Snapshot(), err
+	}
+	var out io.Writer = io.Discard
+	var ret io.Reader
+	if cfg.Accept != nil {
+		if out, ret, err = cfg.Accept(ctx, hello); err != nil {
+			sendAbort(ctx, c, streamv1.AbortCode_ABORT_CODE_DESTINATION_FAILED, err)
+			return hello, prog.Snapshot(), fmt.Errorf("prepare destination: %w", err)
+		}
+	}
+	acc := &streamv1.Accept{Destination: cfg.Name}
+	for id := range codecs {
+		acc.Codecs = append(acc.Codecs, uint32(id))
+	}
+	f, err := marshalFrame(wire.TypeAccept, acc)
+	if err != nil {
+		return hello, prog.Snapshot(), err
+	}
+	if err := c.Send(ctx, f); err != nil {
+		return hello, prog.Snapshot(), fmt.Errorf("send accept: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	order := make(chan *decodeJob, cfg.Workers*2+2)
+	work := make(chan *decodeJob, cfg.Workers*2+2)
+	var workers sync.WaitGroup
+	for range cfg.Workers {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for j := range work {
+				j.raw, j.err = decompress(j, codecs)
+				close(j.done)
+			}
+		}()
+	}
+	var finished atomic.Bool
+	// Reader: frames in stream order -> jobs.
+	g.Go(func() error {
+		defer close(work)
+		defer close(order)
+		var next uint64
+		for {
+			f, err := c.Recv(gctx)
+			if err != nil {
+				return fmt.Errorf("receive from source: %w", err)
+			}
+			prog.wire.Add(uint64(len(f)))
+			j := &decodeJob{frame: f, done: make(chan struct{})}
+			switch wire.TypeOf(f) {
+			case wire.TypeBatch:
+				h, comp, stored, err := wire.ParseBatch(f)
+				if err != nil {
+					return err
+				}
+				if h.Offset != next {
+					return fmt.Errorf("batch covers stream offset %d, expected %d: %w", h.Offset, next, ErrProtocol)
+				}
+				if h.Flags&wire.FlagPages != 0 && hello.PageStage == nil {
+					return fmt.Errorf("page-stage batch in a stream without a page stage: %w", ErrProtocol)
+				}
+				next += uint64(h.Decoded)
+				j.h, j.raw, j.stored = h, comp, stored
+				select {
+				case order <- j:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+				select {
+				case work <- j:
+				case <-gctx.Done():
+					close(j.done)
+					return gctx.Err()
+				}
+			case wire.TypeCheckpoint:
+				cp, err := wire.ParseCheckpoint(f)
+				if err != nil {
+					return err
+				}
+				j.cp = &cp
+				close(j.done)
+				select {
+				case order <- j:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+				if cp.Final {
+					return nil
+				}
+			case wire.TypeAbort:
+				return abortError(f)
+			case wire.TypeControl:
+			default:
+				return fmt.Errorf("unexpected %s frame from source: %w", wire.TypeOf(f), ErrProtocol)
+			}
+		}
+	})
+	// Assembler: jobs in order -> verified output.
+	g.Go(func() error {
+		defer func() {
+			for j := range order {
+				<-j.done
+			}
+		}()
+		hasher := blake3.New()
+		var hold []byte
+		var total uint64
+		var sum [32]byte
+		for j := range order {
+			<-j.done
+			if j.err != nil {
+				return j.err
+			}
+			if j.cp == nil {
+				start := len(hold)
+				var err error
+				if j.h.Flags&wire.FlagPages != 0 {
+					hold, err = dec.Decode(hold, j.raw, j.stored, int(j.h.Decoded))
+				} else {
+					hold, err = rawDecoder{}.Decode(hold, j.raw, j.stored, int(j.h.Decoded))
+				}
+				if err != nil {
+					return fmt.Errorf("rebuild batch at stream offset %d: %w", j.h.Offset, err)
+				}
+				if got := len(hold) - start; got != int(j.h.Decoded) {
+					return fmt.Errorf("batch at stream offset %d rebuilt to %d bytes, frame says %d: %w", j.h.Offset, got, j.h.Decoded, ErrProtocol)
+				}
+				hasher.Write(hold[start:])
+				total += uint64(j.h.Decoded)
+				if len(hold) > cfg.MaxHold {
+					return fmt.Errorf("source sent %d bytes without a checkpoint (limit %d): %w", len(hold), cfg.MaxHold, ErrProtocol)
+				}
+				continue
+			}
+			hasher.Sum(sum[:0])
+			if j.cp.Length != total || !bytes.Equal(sum[:], j.cp.Digest[:]) {
+				return fmt.Errorf("checkpoint at %d bytes (received %d): %w", j.cp.Length, total, ErrDigestMismatch)
+			}
+			if _, err := out.Write(hold); err != nil {
+				return fmt.Errorf("deliver stream bytes: %w", err)
+			}
+			prog.bytesIn.Add(uint64(len(hold)))
+			prog.checkpoints.Add(1)
+			hold = hold[:0]
+			if j.cp.Final {
+				f, err := marshalFrame(wire.TypeDone, &streamv1.Done{BytesDelivered: total, DigestVerified: true})
+				if err != nil {
+					return err
+				}
+				finished.Store(true)
+				if err := c.Send(gctx, f); err != nil {
+					return fmt.Errorf("confirm to source: %w", err)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("stream ended before its final checkpoint: %w", ErrProtocol)
+	})
+	// Return path: destination QEMU -> source QEMU.
+	if ret != nil {
+		g.Go(func() error {
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := ret.Read(buf)
+				if n > 0 {
+					if serr := c.Send(gctx, wire.AppendBlob(nil, wire.TypeReturn, buf[:n])); serr != nil {
+						if finished.Load() {
+							return nil
+						}
+						return fmt.Errorf("send return path: %w", serr)
+					}
+					prog.ret.Add(uint64(n))
+				}
+				if err != nil {
+					if errors.Is(err, io.EOF) || finished.Load() || gctx.Err() != nil {
+						return nil
+					}
+					return fmt.Errorf("read return path: %w", err)
+				}
+			}
+		})
+	}
+	err = g.Wait()
+	workers.Wait()
+	sum := prog.Snapshot()
+	if finished.Load() && (err == nil || errors.Is(err, context.Canceled)) {
+		return hello, sum, nil
+	}
+	if err == nil {
+		err = errors.New("stream ended early")
+	}
+	code := streamv1.AbortCode_ABORT_CODE_INTERNAL
+	switch {
+	case errors.Is(err, ErrDigestMismatch):
+		code = streamv1.AbortCode_ABORT_CODE_DIGEST_MISMATCH
+	case errors.Is(err, ErrProtocol), errors.Is(err, wire.ErrMalformed):
+		code = streamv1.AbortCode_ABORT_CODE_CORRUPT
+	}
+	if !errors.Is(err, ErrAborted) {
+		sendAbort(context.WithoutCancel(ctx), c, code, err)
+	}
+	return hello, sum, err
+}
+
+func negotiate(h *streamv1.Hello, cfg DestConfig) (map[uint8]codec.Codec, BatchDecoder, error) {
+	if h.FrameVersion != wire.Version {
+		return nil, nil, fmt.Errorf("source speaks frame version %d, this host %d", h.FrameVersion, wire.Version)
+	}
+	if h.Digest != digestName {
+		return nil, nil, fmt.Errorf("source digest %q, this host speaks %q", h.Digest, digestName)
+	}
+	codecs := map[uint8]codec.Codec{}
+	for _, o := range h.Codecs {
+		c, ok := cfg.Codecs[o.Algorithm]
+		if !ok {
+			return nil, nil, fmt.Errorf("no %s codec on this host", o.Algorithm)
+		}
+		if o.Id == 0 || o.Id > 255 {
+			return nil, nil, fmt.Errorf("codec %s has id %d: %w", o.Algorithm, o.Id, ErrProtocol)
+		}
+		codecs[uint8(o.Id)] = c
+	}
+	var dec BatchDecoder
+	if h.PageStage != nil && h.PageStage.Enabled {
+		if cfg.PageStage == nil {
+			return nil, nil, errors.New("source uses the page stage, this host has none")
+		}
+		var err error
+		if dec, err = cfg.PageStage(h.PageStage); err != nil {
+			return nil, nil, fmt.Errorf("page stage: %w", err)
+		}
+	}
+	return codecs, dec, nil
+}
+
+func decompress(j *decodeJob, codecs map[uint8]codec.Codec) ([]byte, error) {
+	if j.h.Codec == 0 {
+		return j.raw, nil
+	}
+	c, ok := codecs[j.h.Codec]
+	if !ok {
+		return nil, fmt.Errorf("batch at stream offset %d uses codec %d, not negotiated: %w", j.h.Offset, j.h.Codec, ErrProtocol)
+	}
+	out, err := c.Decode(make([]byte, 0, j.h.Raw), j.raw, int(j.h.Raw))
+	if err != nil {
+		return nil, fmt.Errorf("decompress batch at stream offset %d: %w", j.h.Offset, err)
+	}
+	if len(out) != int(j.h.Raw) {
+		return nil, fmt.Errorf("batch at stream offset %d decompressed to %d bytes, frame says %d: %w", j.h.Offset, len(out), j.h.Raw, ErrProtocol)
+	}
+	return out, nil
+}

@@ -1,0 +1,275 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dwcp/dwcp/host/internal/pb/streamv1"
+	"github.com/dwcp/dwcp/host/qemustream/streamtest"
+	"github.com/dwcp/dwcp/host/wire"
+	"github.com/dwcp/dwcp/plugins/s2/s2codec"
+	"github.com/dwcp/dwcp/plugins/zstd/zstdcodec"
+	"github.com/dwcp/dwcp/sdk/codec"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// memConn is one end of an in-process ordered message pipe: the pipeline's
+// contract with its transport, without the network (the transport has its
+// own tests; end-to-end tests run both together).
+type memConn struct {
+	in     <-chan []byte
+	out    chan<- []byte
+	closed chan struct{}
+	once   *sync.Once
+	tamper func([]byte) []byte // applied to what this end sends
+}
+
+func memPipe() (*memConn, *memConn) {
+	a, b := make(chan []byte, 8), make(chan []byte, 8)
+	closed, once := make(chan struct{}), &sync.Once{}
+	return &memConn{in: a, out: b, closed: closed, once: once}, &memConn{in: b, out: a, closed: closed, once: once}
+}
+
+func (m *memConn) Send(ctx context.Context, msg []byte) error {
+	msg = append([]byte(nil), msg...)
+	if m.tamper != nil {
+		msg = m.tamper(msg)
+		if msg == nil {
+			return nil
+		}
+	}
+	select {
+	case m.out <- msg:
+		return nil
+	case <-m.closed:
+		return io.ErrClosedPipe
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (m *memConn) Recv(ctx context.Context) ([]byte, error) {
+	// Like TCP, what was sent before the close is still delivered.
+	select {
+	case msg := <-m.in:
+		return msg, nil
+	default:
+	}
+	select {
+	case msg := <-m.in:
+		return msg, nil
+	case <-m.closed:
+		return nil, io.ErrClosedPipe
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (m *memConn) Close() { m.once.Do(func() { close(m.closed) }) }
+
+func codecsFor() ([]Codec, map[string]codec.Codec) {
+	z, s := zstdcodec.New(), s2codec.New()
+	return []Codec{{ID: 1, Algorithm: "zstd", Codec: z}, {ID: 2, Algorithm: "s2", Codec: s}},
+		map[string]codec.Codec{"zstd": z, "s2": s}
+}
+
+type result struct {
+	out            bytes.Buffer
+	hello          *streamv1.Hello
+	src, dst       Summary
+	srcErr, dstErr error
+}
+
+// transfer runs Send and Receive against each other.
+func transfer(t *testing.T, input io.Reader, srcCfg SourceConfig, dstCfg DestConfig, tamper func([]byte) []byte) *result {
+	t.Helper()
+	a, b := memPipe()
+	a.tamper = tamper
+	defer a.Close()
+	r := &result{}
+	outMu := sync.Mutex{}
+	dstCfg.Accept = func(_ context.Context, h *streamv1.Hello) (io.Writer, io.Reader, error) {
+		return writerFunc(func(p []byte) (int, error) {
+			outMu.Lock()
+			defer outMu.Unlock()
+			return r.out.Write(p)
+		}), nil, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.hello, r.dst, r.dstErr = Receive(ctx, b, dstCfg, nil)
+		if r.dstErr != nil {
+			b.Close()
+		}
+	}()
+	r.src, r.srcErr = Send(ctx, input, a, srcCfg, nil)
+	if r.srcErr != nil {
+		a.Close()
+	}
+	wg.Wait()
+	return r
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+func TestRawStreamsRoundTripByteExact(t *testing.T) {
+	srcCodecs, dstCodecs := codecsFor()
+	random := make([]byte, 3<<20+12345)
+	rand.Read(random)
+	text := bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog\n"), 100000)
+	for name, input := range map[string][]byte{"empty": nil, "one byte": {42}, "random": random, "text": text} {
+		for _, choice := range []Choice{{}, {Codec: 1, Level: 2}, {Codec: 2, Level: 1}} {
+			t.Run(name, func(t *testing.T) {
+				r := transfer(t, bytes.NewReader(input), SourceConfig{Codecs: srcCodecs, Policy: FixedPolicy(choice), BatchBytes: 256 << 10, CheckpointBytes: 1 << 20},
+					DestConfig{Codecs: dstCodecs}, nil)
+				if r.srcErr != nil || r.dstErr != nil {
+					t.Fatalf("send: %v, receive: %v", r.srcErr, r.dstErr)
+				}
+				if !bytes.Equal(r.out.Bytes(), input) {
+					t.Fatalf("destination got %d bytes, want %d identical", r.out.Len(), len(input))
+				}
+				if r.src.QEMU || r.src.BytesIn != uint64(len(input)) || r.dst.BytesIn != uint64(len(input)) {
+					t.Fatalf("summaries: src %+v dst %+v", r.src, r.dst)
+				}
+				if name == "text" && choice.Codec != 0 && r.src.Ratio() < 5 {
+					t.Fatalf("text compressed only %.2fx", r.src.Ratio())
+				}
+				if name == "random" && r.src.WireBytes > uint64(len(input))+uint64(len(input))/100 {
+					t.Fatalf("random input grew to %d wire bytes", r.src.WireBytes)
+				}
+			})
+		}
+	}
+}
+
+func TestQEMUStreamIsRecognisedAndRoundTrips(t *testing.T) {
+	srcCodecs, dstCodecs := codecsFor()
+	stream := streamtest.Generate(streamtest.Config{Seed: 7, DirtyPasses: 4, DirtyPages: 50, FinalDirty: 10, Devices: 3, ReturnPath: true}).Bytes()
+	r := transfer(t, bytes.NewReader(stream), SourceConfig{Codecs: srcCodecs, BatchBytes: 64 << 10}, DestConfig{Codecs: dstCodecs}, nil)
+	if r.srcErr != nil || r.dstErr != nil {
+		t.Fatalf("send: %v, receive: %v", r.srcErr, r.dstErr)
+	}
+	if !bytes.Equal(r.out.Bytes(), stream) {
+		t.Fatal("QEMU stream not reproduced byte for byte")
+	}
+	if !r.src.QEMU || r.hello.Kind != streamv1.StreamKind_STREAM_KIND_QEMU {
+		t.Fatal("QEMU stream not recognised")
+	}
+}
+
+func TestTamperedFramesNeverReachTheOutput(t *testing.T) {
+	srcCodecs, dstCodecs := codecsFor()
+	input := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	cases := map[string]func(n int, f []byte) []byte{
+		"flipped batch byte": func(n int, f []byte) []byte {
+			if wire.TypeOf(f) == wire.TypeBatch && n == 3 {
+				f[len(f)/2] ^= 0x40
+			}
+			return f
+		},
+		"dropped batch": func(n int, f []byte) []byte {
+			if wire.TypeOf(f) == wire.TypeBatch && n == 3 {
+				return nil
+			}
+			return f
+		},
+		"wrong digest": func(n int, f []byte) []byte {
+			if wire.TypeOf(f) == wire.TypeCheckpoint {
+				f[len(f)-1] ^= 1
+			}
+			return f
+		},
+	}
+	for name, mutate := range cases {
+		t.Run(name, func(t *testing.T) {
+			n := 0
+			r := transfer(t, bytes.NewReader(input), SourceConfig{Codecs: srcCodecs, Policy: FixedPolicy{}, BatchBytes: 64 << 10, CheckpointBytes: 256 << 10},
+				DestConfig{Codecs: dstCodecs}, func(f []byte) []byte { n++; return mutate(n, f) })
+			if r.dstErr == nil || r.srcErr == nil {
+				t.Fatalf("tampering went unnoticed: send %v, receive %v", r.srcErr, r.dstErr)
+			}
+			if !errors.Is(r.srcErr, ErrAborted) {
+				t.Fatalf("source error %v, want ErrAborted", r.srcErr)
+			}
+			// Whatever was delivered is a verified prefix.
+			if !bytes.HasPrefix(input, r.out.Bytes()) || r.out.Len() == len(input) {
+				t.Fatalf("destination delivered %d bytes that are not a strict verified prefix", r.out.Len())
+			}
+			t.Logf("send: %v\nreceive: %v\ndelivered %d verified bytes", r.srcErr, r.dstErr, r.out.Len())
+		})
+	}
+}
+
+func TestDestinationWithoutCodecRefuses(t *testing.T) {
+	srcCodecs, _ := codecsFor()
+	r := transfer(t, bytes.NewReader([]byte("hello")), SourceConfig{Codecs: srcCodecs}, DestConfig{Codecs: map[string]codec.Codec{}}, nil)
+	if !errors.Is(r.srcErr, ErrAborted) || r.dstErr == nil || r.out.Len() != 0 {
+		t.Fatalf("send %v receive %v out %d", r.srcErr, r.dstErr, r.out.Len())
+	}
+}
+
+// stallingReader hands out its data in pieces with pauses, like a live
+// migration stream; the destination must see each piece before the next
+// one is produced (nothing waits in a half-full batch).
+func TestStalledInputIsFlushedAndVerified(t *testing.T) {
+	srcCodecs, dstCodecs := codecsFor()
+	pr, pw := io.Pipe()
+	a, b := memPipe()
+	defer a.Close()
+	var mu sync.Mutex
+	var got bytes.Buffer
+	arrived := make(chan int, 16)
+	dst := DestConfig{Codecs: dstCodecs, Accept: func(context.Context, *streamv1.Hello) (io.Writer, io.Reader, error) {
+		return writerFunc(func(p []byte) (int, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			got.Write(p)
+			arrived <- got.Len()
+			return len(p), nil
+		}), nil, nil
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	var srcErr, dstErr error
+	go func() { defer wg.Done(); _, _, dstErr = Receive(ctx, b, dst, nil) }()
+	go func() {
+		defer wg.Done()
+		_, srcErr = Send(ctx, pr, a, SourceConfig{Codecs: srcCodecs, BatchBytes: 1 << 20}, nil)
+	}()
+	want := 0
+	for i := 0; i < 5; i++ {
+		piece := bytes.Repeat([]byte{byte('a' + i)}, 1000+i)
+		if _, err := pw.Write(piece); err != nil {
+			t.Fatal(err)
+		}
+		want += len(piece)
+		for n := 0; n < want; {
+			select {
+			case n = <-arrived:
+			case <-ctx.Done():
+				t.Fatalf("piece %d never reached the destination (%d of %d bytes)", i, n, want)
+			}
+		}
+	}
+	pw.Close()
+	wg.Wait()
+	if srcErr != nil || dstErr != nil {
+		t.Fatalf("send %v receive %v", srcErr, dstErr)
+	}
+}

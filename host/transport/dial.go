@@ -1,0 +1,336 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	pb "github.com/dwcp/dwcp/host/internal/pb/transportv1"
+)
+
+// dialer is what a dialing session needs to build connections again.
+type dialer struct {
+	addr    string
+	tls     *tls.Config
+	dial    DialFunc
+	cfg     effective
+	streams int
+	hook    func(stream int, hello *pb.Hello) // tests: observe Hellos
+}
+
+// Dial opens a session to the listener at cfg.Addr: a control connection
+// that opens it, then cfg.Streams data connections. It returns when all
+// are up, or the first error (a certificate the listener refuses, a
+// listener certificate that is not from the CA or not for PeerName, an
+// incompatible peer, a refusal) with the listener's reason.
+//
+// The session then repairs itself: when connections break, it dials again
+// with backoff for up to ResumeWindow and resumes where the peer's
+// receipts say.
+func Dial(ctx context.Context, cfg DialConfig) (*Session, error) {
+	streams := cfg.Streams
+	if streams == 0 {
+		streams = DefaultStreams
+	}
+	if streams < 1 || streams > hardMaxStreams {
+		return nil, fmt.Errorf("transport: dial: Streams %d out of range 1..%d", streams, hardMaxStreams)
+	}
+	eff, err := cfg.Options.resolve(streams)
+	if err != nil {
+		return nil, err
+	}
+	tc, err := checkTLS(cfg.TLS, false)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case cfg.PeerName != "":
+		tc.ServerName = cfg.PeerName
+	case tc.ServerName == "":
+		host, _, err := net.SplitHostPort(cfg.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("transport: dial %s: %w", cfg.Addr, err)
+		}
+		tc.ServerName = host
+	}
+	d := &dialer{addr: cfg.Addr, tls: tc, dial: cfg.Dial, cfg: eff, streams: streams}
+	if d.dial == nil {
+		var nd net.Dialer
+		d.dial = nd.DialContext
+	}
+	return d.open(ctx)
+}
+
+func (d *dialer) open(ctx context.Context) (*Session, error) {
+	hctx, cancel := context.WithTimeout(ctx, d.cfg.HandshakeTimeout)
+	defer cancel()
+	hello := &pb.Hello{Versions: ourVersions, Capabilities: ourCaps(),
+		Purpose: &pb.Hello_Open{Open: &pb.Open{Streams: uint32(d.streams), Limits: ourLimits(d.cfg)}}}
+	c, w, err := d.connect(hctx, 0, func(tls.ConnectionState) (*pb.Hello, error) { return hello, nil })
+	if err != nil {
+		return nil, err
+	}
+	if w.GetLimits() == nil {
+		c.raw.Close()
+		return nil, fmt.Errorf("transport: dial %s: welcome without limits: %w", d.addr, ErrBadFrame)
+	}
+	id := [idSize]byte(w.GetSessionId())
+	cs := c.tls.ConnectionState()
+	key, err := resumeKey(cs, id)
+	if err != nil {
+		c.raw.Close()
+		return nil, fmt.Errorf("transport: dial %s: %w", d.addr, err)
+	}
+	s := newSession(true, id, peerIdentity(cs), w.GetVersion(), w.GetCapabilities(), key, d.cfg, d.streams, limitsOf(w.GetLimits()))
+	s.dial = d
+	ep := newEpoch(1)
+	s.mu.Lock()
+	s.epochNum = 1
+	s.ep = ep
+	err = s.startConnLocked(ep, c)
+	s.mu.Unlock()
+	if err == nil {
+		err = s.attachData(ctx, ep)
+	}
+	if err != nil {
+		s.fail(err, true)
+		s.mu.Lock()
+		s.failEpochLocked(ep, err)
+		s.mu.Unlock()
+		ep.wg.Wait()
+		s.releaseAll()
+		close(s.supDone)
+		return nil, err
+	}
+	go s.superviseDialer()
+	return s, nil
+}
+
+// connect dials, runs TLS, sends the Hello that mk builds for this
+// connection and reads the Welcome. A refusal becomes an error.
+func (d *dialer) connect(ctx context.Context, stream int, mk func(tls.ConnectionState) (*pb.Hello, error)) (*wconn, *pb.Welcome, error) {
+	nc, err := d.dial(ctx, "tcp", d.addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("transport: dial %s: %w", d.addr, err)
+	}
+	if d.cfg.sockBuf > 0 && stream > 0 {
+		setSocketBuffers(nc, d.cfg.sockBuf)
+	}
+	raw := &countConn{Conn: nc}
+	fail := func(err error) (*wconn, *pb.Welcome, error) {
+		raw.Close()
+		return nil, nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		raw.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	tc := tls.Client(raw, d.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fail(fmt.Errorf("transport: dial %s: TLS handshake: %w", d.addr, classifyTLS(err)))
+	}
+	hello, err := mk(tc.ConnectionState())
+	if err != nil {
+		return fail(fmt.Errorf("transport: dial %s: %w", d.addr, err))
+	}
+	if d.hook != nil {
+		d.hook(stream, hello)
+	}
+	if err := writeHandshake(tc, hello); err != nil {
+		return fail(fmt.Errorf("transport: dial %s: %w", d.addr, classifyTLS(err)))
+	}
+	body, err := readHandshakeBody(tc)
+	if err != nil {
+		// In TLS 1.3 a rejected client certificate shows up here, as the
+		// alert that answers our first write.
+		return fail(fmt.Errorf("transport: dial %s: %w", d.addr, classifyTLS(err)))
+	}
+	w, err := decodeWelcome(body)
+	if err != nil {
+		return fail(fmt.Errorf("transport: dial %s: %w: %w", d.addr, ErrBadFrame, err))
+	}
+	if r := w.GetRefusal(); r != nil {
+		return fail(fmt.Errorf("transport: dial %s: %w", d.addr, refusalError(r)))
+	}
+	if a := hello.GetAttach(); a != nil && string(w.GetSessionId()) != string(a.GetSessionId()) {
+		return fail(fmt.Errorf("transport: dial %s: welcome names another session: %w", d.addr, ErrWrongSession))
+	}
+	raw.SetDeadline(time.Time{})
+	return &wconn{tls: tc, raw: raw, stream: stream}, w, nil
+}
+
+// attachHello builds the Hello of an attaching connection.
+func (s *Session) attachHello(ep uint64, stream int, received []uint64) func(tls.ConnectionState) (*pb.Hello, error) {
+	return func(cs tls.ConnectionState) (*pb.Hello, error) {
+		s.mu.Lock()
+		s.ctrMax++
+		ctr := s.ctrMax
+		s.mu.Unlock()
+		tok, err := attachToken(s.key, cs, s.id[:], ep, uint32(stream), ctr)
+		if err != nil {
+			return nil, err
+		}
+		return &pb.Hello{Versions: ourVersions, Capabilities: ourCaps(), Purpose: &pb.Hello_Attach{Attach: &pb.Attach{
+			SessionId: s.id[:], Epoch: ep, Stream: uint32(stream), Counter: ctr, Token: tok, Received: received}}}, nil
+	}
+}
+
+// attachData dials the data connections of ep in parallel.
+func (s *Session) attachData(ctx context.Context, ep *epoch) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	defer cancel()
+	errs := make([]error, s.streams+1)
+	var wg sync.WaitGroup
+	for i := 1; i <= s.streams; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, _, err := s.dial.connect(ctx, i, s.attachHello(ep.num, i, nil))
+			if err == nil {
+				s.mu.Lock()
+				err = s.startConnLocked(ep, c)
+				s.mu.Unlock()
+			}
+			if err != nil {
+				errs[i] = err
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// superviseDialer owns the dialing side's epochs: it waits for the current
+// one to end and builds the next, until the session ends.
+func (s *Session) superviseDialer() {
+	defer close(s.supDone)
+	for {
+		s.mu.Lock()
+		ep := s.ep
+		s.mu.Unlock()
+		// A failing session ends its epoch itself, after its GOAWAY had
+		// its chance; waiting for the epoch alone keeps out of its way.
+		<-ep.done
+		ep.wg.Wait()
+		s.mu.Lock()
+		s.retireEpochLocked(ep)
+		s.mu.Unlock()
+		if s.Err() != nil {
+			s.releaseAll()
+			return
+		}
+		s.resume()
+	}
+}
+
+// resume builds a new epoch, retrying with backoff until the resume window
+// runs out. It returns with a new live epoch or the session failed.
+func (s *Session) resume() {
+	lost := time.Now()
+	backoff := 20 * time.Millisecond
+	s.mu.Lock()
+	last := s.lastLink
+	s.mu.Unlock()
+	for {
+		left := s.cfg.ResumeWindow - time.Since(lost)
+		if left <= 0 {
+			s.fail(fmt.Errorf("%w (%v); last error: %v", ErrLinkDown, s.cfg.ResumeWindow, last), false)
+			return
+		}
+		err := s.reconnect(min(left, s.cfg.HandshakeTimeout))
+		if err == nil {
+			return
+		}
+		var re *refusedError
+		if errors.As(err, &re) && re.code != pb.RefusalCode_REFUSAL_CODE_STALE || errors.Is(err, ErrProtocol) {
+			// The listener no longer has the session, or says we are not
+			// who we claim: retrying cannot help.
+			s.fail(fmt.Errorf("transport: resume: %w", err), false)
+			return
+		}
+		if s.Err() != nil {
+			return
+		}
+		last = err
+		s.mu.Lock()
+		s.st.resumeFails++
+		s.mu.Unlock()
+		t := time.NewTimer(min(backoff, max(left-time.Since(lost), time.Millisecond)))
+		select {
+		case <-t.C:
+		case <-s.done:
+			t.Stop()
+			return
+		}
+		backoff = min(backoff*2, time.Second)
+	}
+}
+
+// reconnect dials a control connection that starts epoch n+1, exchanges
+// receipts, then attaches the data connections.
+func (s *Session) reconnect(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(s.ctx, timeout)
+	defer cancel()
+	s.mu.Lock()
+	s.epochNum++
+	num := s.epochNum
+	received := s.receivedLocked()
+	s.mu.Unlock()
+	c, w, err := s.dial.connect(ctx, 0, s.attachHello(num, 0, received))
+	if err != nil {
+		return err
+	}
+	if len(w.GetReceived()) != numLanes {
+		c.raw.Close()
+		return fmt.Errorf("transport: resume: welcome without receipts: %w", ErrBadFrame)
+	}
+	ep := newEpoch(num)
+	s.mu.Lock()
+	if s.err != nil {
+		err := s.err
+		s.mu.Unlock()
+		c.raw.Close()
+		return err
+	}
+	if err := s.resumeSendLocked(w.GetReceived()); err != nil {
+		s.mu.Unlock()
+		c.raw.Close()
+		return fmt.Errorf("transport: resume: %w", err)
+	}
+	s.installEpochLocked(ep)
+	err = s.startConnLocked(ep, c)
+	s.mu.Unlock()
+	if err == nil {
+		err = s.attachData(ctx, ep)
+	}
+	if err != nil {
+		s.linkError(ep, err)
+		ep.wg.Wait()
+		s.mu.Lock()
+		s.retireEpochLocked(ep)
+		s.mu.Unlock()
+		return err
+	}
+	s.mu.Lock()
+	s.st.reconnects++
+	s.mu.Unlock()
+	return nil
+}
+
+// installEpochLocked makes ep current. Acknowledgements are repeated in
+// every epoch: one written into a connection that then broke may never
+// have arrived.
+func (s *Session) installEpochLocked(ep *epoch) {
+	s.ep = ep
+	for _, in := range s.in {
+		in.ackSent = 0
+	}
+	kick(ep.ctlKick)
+	kick(s.epochCh)
+}

@@ -1,0 +1,108 @@
+// Package codec defines the interface of a DWCP codec plugin: a block
+// compressor with numbered levels, mapped onto DWCP's three link tiers.
+//
+// It owns the contract only (interface, options, capability description);
+// it must not contain an implementation.
+package codec
+
+import "fmt"
+
+// Codec compresses and decompresses self-contained blocks.
+//
+// Both methods are append-style: they append their output to dst and return
+// the extended slice, so callers can reuse buffers. Implementations must be
+// safe for concurrent use and must never panic on any input: a damaged
+// block yields an error wrapping sdk.ErrCorruptInput.
+type Codec interface {
+	// Capabilities describes the codec; it is called once, cheaply.
+	Capabilities() Capabilities
+	// Encode appends the encoding of src at the given level to dst. A level
+	// outside Capabilities().Levels yields sdk.ErrInvalidArgument.
+	Encode(dst, src []byte, level int) ([]byte, error)
+	// Decode appends the decoding of src to dst. If the decoded block would
+	// exceed maxSize bytes it stops and returns sdk.ErrTooLarge.
+	Decode(dst, src []byte, maxSize int) ([]byte, error)
+}
+
+// Tier is the distance class of a link, which selects a default level.
+type Tier int
+
+const (
+	// TierLocal: datacenter, throughput first.
+	TierLocal Tier = iota
+	// TierRegional: a metro or regional link, balanced.
+	TierRegional
+	// TierGlobal: intercontinental or thin links, bytes first.
+	TierGlobal
+)
+
+func (t Tier) String() string {
+	switch t {
+	case TierLocal:
+		return "local"
+	case TierRegional:
+		return "regional"
+	case TierGlobal:
+		return "global"
+	}
+	return fmt.Sprintf("tier(%d)", int(t))
+}
+
+// ParseTier reads a tier name as printed by Tier.String.
+func ParseTier(s string) (Tier, error) {
+	switch s {
+	case "local":
+		return TierLocal, nil
+	case "regional":
+		return TierRegional, nil
+	case "global":
+		return TierGlobal, nil
+	}
+	return 0, fmt.Errorf("unknown tier %q (want local, regional or global)", s)
+}
+
+// LevelRange is the span of levels a codec accepts.
+type LevelRange struct {
+	Min, Max, Default int
+}
+
+// Contains reports whether level is accepted.
+func (r LevelRange) Contains(level int) bool { return level >= r.Min && level <= r.Max }
+
+// Bound says how large an encoding can get: for n input bytes the output is
+// at most n*Num/Den + Add. The host sizes shared-memory slots with it.
+type Bound struct {
+	Num, Den, Add uint64
+}
+
+// Max returns the largest encoding of n bytes.
+func (b Bound) Max(n int) int {
+	if b.Den == 0 {
+		return n + int(b.Add)
+	}
+	return int(uint64(n)*b.Num/b.Den + b.Add)
+}
+
+// Capabilities describes a codec.
+type Capabilities struct {
+	// Algorithm names the format, e.g. "zstd"; two codecs with the same
+	// algorithm name must decode each other's output.
+	Algorithm string
+	Levels    LevelRange
+	// Tiers maps each Tier to the level used for it.
+	Tiers [3]int
+	// Deterministic: encoding the same input at the same level always
+	// yields the same bytes. The conformance kit checks it when set.
+	Deterministic bool
+	Bound         Bound
+	// Features lists optional behaviours (free-form, e.g. "hc", "asm").
+	Features []string
+}
+
+// LevelFor returns the level for a tier.
+func (c Capabilities) LevelFor(t Tier) int {
+	if t < TierLocal || t > TierGlobal {
+		return c.Levels.Default
+	}
+	return c.Tiers[t]
+}

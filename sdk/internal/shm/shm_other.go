@@ -1,0 +1,52 @@
+//go:build !linux
+
+package shm
+
+import (
+	"context"
+	"os"
+)
+
+// Client is the host side of a shared-memory channel. On this platform no
+// channel can be made: NewClient returns ErrUnsupported and callers use the
+// gRPC fallback.
+type Client struct{}
+
+// Pair returns ErrUnsupported: the data plane needs memfd and SEQPACKET.
+func Pair() (host, plugin *os.File, err error) { return nil, nil, ErrUnsupported }
+
+// NewClient returns ErrUnsupported; it closes conn as the Linux version
+// would on failure.
+func NewClient(ctx context.Context, conn *os.File, opts ClientOptions) (*Client, error) {
+	if conn != nil {
+		conn.Close()
+	}
+	return nil, ErrUnsupported
+}
+
+// Call returns ErrUnsupported.
+func (c *Client) Call(ctx context.Context, op uint32, arg int64, in, dst []byte, maxOut int) ([]byte, error) {
+	return dst, ErrUnsupported
+}
+
+// Close does nothing.
+func (c *Client) Close() error { return nil }
+
+// Done returns a closed channel: there is never a live channel here.
+func (c *Client) Done() <-chan struct{} { return closedChan }
+
+// Err returns ErrUnsupported.
+func (c *Client) Err() error { return ErrUnsupported }
+
+var closedChan = func() chan struct{} { ch := make(chan struct{}); close(ch); return ch }()
+
+// Limits reports zero: nothing fits.
+func (c *Client) Limits() (maxIn, maxOut int) { return 0, 0 }
+
+// Serve returns ErrUnsupported; it closes conn as the Linux version does.
+func Serve(ctx context.Context, conn *os.File, h Handler, workers int) error {
+	if conn != nil {
+		conn.Close()
+	}
+	return ErrUnsupported
+}
