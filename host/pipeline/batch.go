@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/dwcp/dwcp/host/internal/pb/streamv1"
 )
@@ -30,7 +31,8 @@ type BatchBuilder interface {
 	AddPage(block string, addr uint64, page []byte)
 	// Pending is the stream bytes added since the last Flush.
 	Pending() int
-	Flush() Batch
+	// Flush closes the current batch; an error ends the session.
+	Flush() (Batch, error)
 	Stats() PageStats
 }
 
@@ -53,7 +55,8 @@ type DecoderFactory func(*streamv1.PageStageParams) (BatchDecoder, error)
 
 // rawBuilder batches stream bytes as they are.
 type rawBuilder struct {
-	buf []byte
+	buf  []byte
+	pool sync.Pool // *[]byte buffers whose frames were sent
 }
 
 func (r *rawBuilder) AddOpaque(b []byte) { r.buf = append(r.buf, b...) }
@@ -62,10 +65,14 @@ func (r *rawBuilder) AddPage(_ string, _ uint64, page []byte) { r.buf = append(r
 
 func (r *rawBuilder) Pending() int { return len(r.buf) }
 
-func (r *rawBuilder) Flush() Batch {
-	b := Batch{Compressible: r.buf, Decoded: len(r.buf)}
-	r.buf = make([]byte, 0, cap(r.buf))
-	return b
+func (r *rawBuilder) Flush() (Batch, error) {
+	buf := r.buf
+	next, _ := r.pool.Get().(*[]byte)
+	if next == nil {
+		next = new([]byte)
+	}
+	r.buf = (*next)[:0]
+	return Batch{Compressible: buf, Decoded: len(buf), Release: func() { buf = buf[:0]; r.pool.Put(&buf) }}, nil
 }
 
 func (r *rawBuilder) Stats() PageStats { return PageStats{} }

@@ -424,7 +424,10 @@ func (s *segmenter) add(b []byte) {
 
 // emit closes the current batch into a job.
 func (s *segmenter) emit() error {
-	b := s.builder.Flush()
+	b, err := s.builder.Flush()
+	if err != nil {
+		return err
+	}
 	if b.Decoded == 0 {
 		return nil
 	}

@@ -46,6 +46,6 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCommand(), newPluginsCommand())
+	root.AddCommand(newVersionCommand(), newPluginsCommand(), newCertsCommand(), newSendCommand(), newServeCommand())
 	return root
 }

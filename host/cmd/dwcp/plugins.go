@@ -261,4 +261,3 @@ func newPluginsCheckCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
 }
-

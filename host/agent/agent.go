@@ -1,0 +1,123 @@
+// Package agent assembles what one DWCP host needs to move streams: its
+// plugins (codecs through the plugin host), its certificates, and
+// transport sessions to and from peers. The CLI commands (send, serve,
+// migrate) are thin layers over it.
+//
+// It owns wiring and defaults. It must not implement data-path stages
+// (pipeline), transport mechanics (transport) or plugin lifecycles
+// (pluginhost).
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"sort"
+
+	"github.com/dwcp/dwcp/host/certs"
+	"github.com/dwcp/dwcp/host/pipeline"
+	"github.com/dwcp/dwcp/host/pluginhost"
+	"github.com/dwcp/dwcp/host/transport"
+	"github.com/dwcp/dwcp/sdk"
+	"github.com/dwcp/dwcp/sdk/codec"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Config locates a host's plugins and certificates.
+type Config struct {
+	// PluginDir holds the plugin binaries and catalog.json.
+	PluginDir string
+	// CertsDir holds ca.pem and NAME.pem / NAME-key.pem.
+	CertsDir string
+	// Name is this host's name: its certificate's file name and identity.
+	Name   string
+	Logger hclog.Logger
+	// PluginStderr receives a copy of every plugin's stderr (optional).
+	PluginStderr io.Writer
+}
+
+// Agent is an opened host.
+type Agent struct {
+	cfg     Config
+	Plugins *pluginhost.Host
+	server  *tls.Config
+	client  *tls.Config
+	logger  hclog.Logger
+}
+
+// Open starts the plugins and loads the certificates.
+func Open(ctx context.Context, cfg Config) (*Agent, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	a := &Agent{cfg: cfg, logger: cfg.Logger}
+	if cfg.CertsDir != "" {
+		var err error
+		if a.server, a.client, err = certs.LoadTLS(cfg.CertsDir, cfg.Name); err != nil {
+			return nil, fmt.Errorf("load certificates for %q from %s: %w (create them with `dwcp certs init` and `dwcp certs issue`)", cfg.Name, cfg.CertsDir, err)
+		}
+	}
+	h, err := pluginhost.Open(ctx, pluginhost.Options{Dir: cfg.PluginDir, Logger: cfg.Logger.Named("plugins"), Stderr: cfg.PluginStderr})
+	if err != nil {
+		return nil, fmt.Errorf("open plugins: %w", err)
+	}
+	a.Plugins = h
+	return a, nil
+}
+
+// Close stops the plugins.
+func (a *Agent) Close() error { return a.Plugins.Close() }
+
+// Codecs returns every codec plugin, for the pipeline: numbered 1..n by
+// algorithm name (source side), and by algorithm (destination side).
+func (a *Agent) Codecs() ([]pipeline.Codec, map[string]codec.Codec, error) {
+	byAlgo := map[string]codec.Codec{}
+	for _, p := range a.Plugins.Plugins() {
+		if p.Description().Kind != sdk.KindCodec {
+			continue
+		}
+		c, err := p.Codec()
+		if err != nil {
+			a.logger.Warn("codec plugin unusable", "plugin", p.Name(), "error", err)
+			continue
+		}
+		algo := c.Capabilities().Algorithm
+		if _, dup := byAlgo[algo]; !dup {
+			byAlgo[algo] = c
+		}
+	}
+	names := make([]string, 0, len(byAlgo))
+	for n := range byAlgo {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if len(names) > 255 {
+		names = names[:255]
+	}
+	list := make([]pipeline.Codec, 0, len(names))
+	for i, n := range names {
+		list = append(list, pipeline.Codec{ID: uint8(i + 1), Algorithm: n, Codec: byAlgo[n]})
+	}
+	return list, byAlgo, nil
+}
+
+// Dial opens a session to a peer's `dwcp serve`.
+func (a *Agent) Dial(ctx context.Context, addr, peerName string, streams int, opts transport.Options) (*transport.Session, error) {
+	if a.client == nil {
+		return nil, fmt.Errorf("no certificates loaded: give --certs")
+	}
+	return transport.Dial(ctx, transport.DialConfig{Addr: addr, PeerName: peerName, TLS: a.client, Streams: streams, Options: opts})
+}
+
+// Listen accepts sessions from peers.
+func (a *Agent) Listen(ctx context.Context, addr string, opts transport.Options) (*transport.Listener, error) {
+	if a.server == nil {
+		return nil, fmt.Errorf("no certificates loaded: give --certs")
+	}
+	return transport.Listen(ctx, transport.ListenConfig{Addr: addr, TLS: a.server, Options: opts,
+		OnHandshakeError: func(remote net.Addr, err error) {
+			a.logger.Warn("refused connection", "remote", remote, "error", err)
+		}})
+}

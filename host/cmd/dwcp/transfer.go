@@ -1,0 +1,316 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/dwcp/dwcp/host/agent"
+	"github.com/dwcp/dwcp/host/internal/pb/streamv1"
+	"github.com/dwcp/dwcp/host/pipeline"
+	"github.com/dwcp/dwcp/host/transport"
+	"github.com/dwcp/dwcp/sdk/codec"
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+)
+
+// hostFlags are the flags every command that talks to peers shares.
+type hostFlags struct {
+	pluginDir string
+	certsDir  string
+	name      string
+	verbose   bool
+}
+
+func (h *hostFlags) register(cmd *cobra.Command) {
+	name := os.Getenv("DWCP_NAME")
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	certsDir := os.Getenv("DWCP_CERTS")
+	if certsDir == "" {
+		certsDir = "certs"
+	}
+	cmd.Flags().StringVar(&h.pluginDir, "plugin-dir", defaultPluginDir(), "plugin directory (holds catalog.json)")
+	cmd.Flags().StringVar(&h.certsDir, "certs", certsDir, "directory with ca.pem and this host's NAME.pem, NAME-key.pem ($DWCP_CERTS)")
+	cmd.Flags().StringVar(&h.name, "name", name, "this host's name, as in its certificate ($DWCP_NAME)")
+	cmd.Flags().BoolVarP(&h.verbose, "verbose", "v", false, "log plugin and transport details to stderr")
+}
+
+func (h *hostFlags) open(ctx context.Context, stderr io.Writer) (*agent.Agent, error) {
+	level := hclog.Warn
+	if h.verbose {
+		level = hclog.Debug
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "dwcp", Level: level, Output: stderr})
+	return agent.Open(ctx, agent.Config{PluginDir: h.pluginDir, CertsDir: h.certsDir, Name: h.name, Logger: logger})
+}
+
+// sendSummary is what `dwcp send` reports.
+type sendSummary struct {
+	Name        string             `json:"name"`
+	BytesIn     uint64             `json:"bytes_in"`
+	WireBytes   uint64             `json:"bytes_on_wire"`
+	Ratio       float64            `json:"ratio"`
+	Savings     float64            `json:"savings_percent"`
+	Seconds     float64            `json:"seconds"`
+	Throughput  float64            `json:"throughput_bytes_per_second"`
+	QEMU        bool               `json:"qemu_stream"`
+	Codec       string             `json:"codec"`
+	Level       int                `json:"level"`
+	PageStage   bool               `json:"page_stage"`
+	Reconnects  uint64             `json:"reconnects"`
+	TCPBytes    uint64             `json:"tcp_bytes_sent"`
+	Batches     uint64             `json:"batches"`
+	Checkpoints uint64             `json:"checkpoints"`
+	Pages       pipeline.PageStats `json:"pages"`
+}
+
+func newSendCommand() *cobra.Command {
+	var hf hostFlags
+	var to, peerName, codecName, pageStage string
+	var level, streams int
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "send FILE|- --to HOST:PORT",
+		Short: "Send a file or stream (a saved VM state, a checkpoint) to a peer's `dwcp serve`",
+		Long: "send carries any stream to a peer through DWCP's pipeline and transport (mutual TLS,\n" +
+			"several connections, resumable). A QEMU migration stream is recognised by itself and\n" +
+			"handled page by page. The peer writes it into its --out-dir under the file's base name.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			var in io.Reader
+			var size uint64
+			name := filepath.Base(args[0])
+			if args[0] == "-" {
+				in, name = os.Stdin, "stdin"
+			} else {
+				f, err := os.Open(args[0])
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+					size = uint64(fi.Size())
+				}
+				in = f
+			}
+			a, err := hf.open(ctx, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			codecs, _, err := a.Codecs()
+			if err != nil {
+				return err
+			}
+			choice, err := pickCodec(codecs, codecName, level)
+			if err != nil {
+				return err
+			}
+			sess, err := a.Dial(ctx, to, peerName, streams, transport.Options{})
+			if err != nil {
+				return fmt.Errorf("connect to %s: %w", to, err)
+			}
+			defer sess.Close()
+			cfg := pipeline.SourceConfig{Codecs: codecs, Policy: pipeline.FixedPolicy(choice), Name: name, ExpectedLength: size, Mode: "manual"}
+			if pageStage != "off" {
+				cfg.PageStage = pipeline.DefaultPageStage()
+			}
+			if pageStage == "on" {
+				cfg.Kind = pipeline.KindQEMU
+			}
+			prog := &pipeline.Progress{}
+			bar := startProgress(cmd.ErrOrStderr(), size, prog.Snapshot, func() string {
+				if st := sess.Stats(); st.Reconnects > 0 {
+					return fmt.Sprintf("%d reconnects", st.Reconnects)
+				}
+				return ""
+			})
+			sum, err := pipeline.Send(ctx, in, sess, cfg, prog)
+			bar.Stop()
+			if err != nil {
+				return fmt.Errorf("send %s to %s: %w", name, to, err)
+			}
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_ = sess.CloseWrite(cctx)
+			cancel()
+			st := sess.Stats()
+			out := sendSummary{
+				Name: name, BytesIn: sum.BytesIn, WireBytes: sum.WireBytes, Ratio: sum.Ratio(),
+				Seconds: sum.Elapsed.Seconds(), QEMU: sum.QEMU, Level: choice.Level, PageStage: cfg.PageStage != nil && sum.QEMU,
+				Reconnects: st.Reconnects, TCPBytes: st.WireBytesSent, Batches: sum.Batches, Checkpoints: sum.Checkpoints, Pages: sum.Pages,
+			}
+			out.Codec = codecLabel(codecs, choice.Codec)
+			if sum.BytesIn > 0 {
+				out.Savings = 100 * (1 - float64(sum.WireBytes)/float64(sum.BytesIn))
+			}
+			if out.Seconds > 0 {
+				out.Throughput = float64(sum.BytesIn) / out.Seconds
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(out)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "sent %s to %s: %s in, %s on the wire (%.2fx, %.1f%% saved), %.2f s, %s/s\n",
+				name, to, bytesString(out.BytesIn), bytesString(out.WireBytes), out.Ratio, out.Savings, out.Seconds, bytesString(uint64(out.Throughput)))
+			fmt.Fprintf(w, "codec %s level %d, QEMU stream %v, page stage %v, %d batches, %d checkpoints, %d reconnects, %s TCP+TLS bytes\n",
+				out.Codec, out.Level, out.QEMU, out.PageStage, out.Batches, out.Checkpoints, out.Reconnects, bytesString(out.TCPBytes))
+			if out.PageStage {
+				p := out.Pages
+				fmt.Fprintf(w, "pages %d: zero %d, duplicate %d, delta %d, full %d, stored %d\n", p.Pages, p.Zero, p.Duplicate, p.Delta, p.Full, p.Stored)
+			}
+			return nil
+		},
+	}
+	hf.register(cmd)
+	cmd.Flags().StringVar(&to, "to", "", "peer address HOST:PORT of `dwcp serve`")
+	cmd.Flags().StringVar(&peerName, "peer-name", "", "name the peer's certificate must carry (default: the host part of --to)")
+	cmd.Flags().StringVar(&codecName, "codec", "zstd", "codec algorithm, or none")
+	cmd.Flags().IntVar(&level, "level", -1, "codec level (-1: the codec's default)")
+	cmd.Flags().StringVar(&pageStage, "page-stage", "auto", "page stage for QEMU streams: auto (when detected), on (treat input as QEMU), off")
+	cmd.Flags().IntVar(&streams, "streams", 4, "TCP connections")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
+	_ = cmd.MarkFlagRequired("to")
+	return cmd
+}
+
+func pickCodec(codecs []pipeline.Codec, name string, level int) (pipeline.Choice, error) {
+	if name == "none" {
+		return pipeline.Choice{}, nil
+	}
+	var names []string
+	for _, c := range codecs {
+		if c.Algorithm == name {
+			caps := c.Codec.Capabilities()
+			if level < 0 {
+				level = caps.Levels.Default
+			}
+			if !caps.Levels.Contains(level) {
+				return pipeline.Choice{}, fmt.Errorf("codec %s: level %d outside %d..%d", name, level, caps.Levels.Min, caps.Levels.Max)
+			}
+			return pipeline.Choice{Codec: c.ID, Level: level}, nil
+		}
+		names = append(names, c.Algorithm)
+	}
+	return pipeline.Choice{}, fmt.Errorf("no codec plugin %q (have: %s, none)", name, strings.Join(names, ", "))
+}
+
+func codecLabel(codecs []pipeline.Codec, id uint8) string {
+	for _, c := range codecs {
+		if c.ID == id {
+			return c.Algorithm
+		}
+	}
+	return "none"
+}
+
+func newServeCommand() *cobra.Command {
+	var hf hostFlags
+	var listen, outDir string
+	var once bool
+	cmd := &cobra.Command{
+		Use:   "serve --listen ADDR --out-dir DIR",
+		Short: "Accept streams from peers (the DWCP daemon)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if err := os.MkdirAll(outDir, 0o755); err != nil {
+				return err
+			}
+			a, err := hf.open(ctx, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			_, byAlgo, err := a.Codecs()
+			if err != nil {
+				return err
+			}
+			l, err := a.Listen(ctx, listen, transport.Options{})
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			fmt.Fprintf(cmd.OutOrStdout(), "dwcp serve: listening on %s as %s, writing to %s\n", l.Addr(), hf.name, outDir)
+			for {
+				sess, err := l.Accept(ctx)
+				if err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				err = receiveOne(ctx, cmd, sess, outDir, byAlgo)
+				if err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "dwcp serve: session from %s failed: %v\n", sess.PeerName(), err)
+				}
+				if once {
+					return err
+				}
+			}
+		},
+	}
+	hf.register(cmd)
+	cmd.Flags().StringVar(&listen, "listen", ":4650", "address to listen on")
+	cmd.Flags().StringVar(&outDir, "out-dir", ".", "directory received files are written to")
+	cmd.Flags().BoolVar(&once, "once", false, "exit after one session (exit status tells whether it succeeded)")
+	return cmd
+}
+
+// receiveOne receives one stream into outDir. Sessions are served one at a
+// time: a migration needs the host's cores more than a second one does.
+func receiveOne(ctx context.Context, cmd *cobra.Command, sess *transport.Session, outDir string, codecs map[string]codec.Codec) error {
+	defer sess.Close()
+	var tmp *os.File
+	var final string
+	cfg := pipeline.DestConfig{
+		Codecs:    codecs,
+		PageStage: pipeline.PageStageDecoder,
+		Name:      sess.PeerName(),
+		Accept: func(_ context.Context, h *streamv1.Hello) (io.Writer, io.Reader, error) {
+			base := filepath.Base(filepath.Clean("/" + h.Name))
+			if base == "/" || base == "." || strings.HasPrefix(base, ".") {
+				return nil, nil, fmt.Errorf("refusing file name %q", h.Name)
+			}
+			final = filepath.Join(outDir, base)
+			var err error
+			tmp, err = os.CreateTemp(outDir, "."+base+".partial-*")
+			return tmp, nil, err
+		},
+	}
+	hello, sum, err := pipeline.Receive(ctx, sess, cfg, nil)
+	if tmp != nil {
+		if err == nil {
+			err = tmp.Sync()
+		}
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(tmp.Name(), final)
+		}
+		if err != nil {
+			os.Remove(tmp.Name())
+		}
+	}
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_ = sess.CloseWrite(cctx)
+	cancel()
+	fmt.Fprintf(cmd.OutOrStdout(), "received %s from %s: %s, %s on the wire (%.2fx), %.2f s, digest verified\n",
+		final, sess.PeerName(), bytesString(sum.BytesIn), bytesString(sum.WireBytes), sum.Ratio(), sum.Elapsed.Seconds())
+	_ = hello
+	return nil
+}
