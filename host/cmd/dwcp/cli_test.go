@@ -1,0 +1,317 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// These tests run the real dwcp binary and real plugin processes over real
+// TCP and TLS on loopback.
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func buildAll(t *testing.T) (dwcp, plugins string) {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "dwcp-cli-test-")
+		if buildErr != nil {
+			return
+		}
+		root := filepath.Join("..", "..", "..")
+		pdir := filepath.Join(binDir, "plugins")
+		os.MkdirAll(pdir, 0o755)
+		builds := [][2]string{{filepath.Join(binDir, "dwcp"), "./host/cmd/dwcp"}}
+		for _, p := range []string{"zstd", "s2", "lz4", "passthrough"} {
+			builds = append(builds, [2]string{filepath.Join(pdir, "dwcp-plugin-"+p), "./plugins/" + p})
+		}
+		for _, b := range builds {
+			cmd := exec.Command("go", "build", "-o", b[0], b[1])
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("build %s: %v\n%s", b[1], err, out)
+				return
+			}
+		}
+		if out, err := exec.Command(filepath.Join(binDir, "dwcp"), "plugins", "pin", "--dir", pdir).CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("pin: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(binDir, "dwcp"), filepath.Join(binDir, "plugins")
+}
+
+func run(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(bin, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dwcp %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// makeCerts creates a CA and certificates for hosta and hostb.
+func makeCerts(t *testing.T, bin, dir string) {
+	t.Helper()
+	run(t, bin, "certs", "init", "--dir", dir)
+	run(t, bin, "certs", "issue", "--dir", dir, "--name", "hosta", "--ip", "127.0.0.1")
+	run(t, bin, "certs", "issue", "--dir", dir, "--name", "hostb", "--ip", "127.0.0.1")
+}
+
+type server struct {
+	cmd  *exec.Cmd
+	addr string
+	out  *bytes.Buffer
+	done chan error
+}
+
+func startServe(t *testing.T, bin, plugins, certs, outDir string) *server {
+	t.Helper()
+	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--once", "--certs", certs, "--name", "hostb",
+		"--out-dir", outDir, "--plugin-dir", plugins)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{cmd: cmd, out: &bytes.Buffer{}, done: make(chan error, 1)}
+	cmd.Stderr = s.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); <-s.done })
+	sc := bufio.NewScanner(stdout)
+	if !sc.Scan() {
+		t.Fatalf("serve printed nothing: %s", s.out)
+	}
+	m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(sc.Text())
+	if m == nil {
+		t.Fatalf("serve: %q", sc.Text())
+	}
+	s.addr = m[1]
+	go func() {
+		for sc.Scan() {
+			s.out.WriteString(sc.Text() + "\n")
+		}
+		s.done <- cmd.Wait()
+	}()
+	return s
+}
+
+// cuttingProxy forwards TCP to target and closes every connection each
+// interval, cuts times.
+type cuttingProxy struct {
+	rate  int // bytes per second towards the server
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+	cuts  int
+	wg    sync.WaitGroup
+	stop  chan struct{}
+}
+
+func newCuttingProxy(t *testing.T, target string, every time.Duration, cuts, rate int) *cuttingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cuttingProxy{ln: ln, stop: make(chan struct{}), rate: rate}
+	p.wg.Add(2)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			p.wg.Add(2)
+			go func() { defer p.wg.Done(); slowCopy(u, c, p.rate); u.Close() }()
+			go func() { defer p.wg.Done(); io.Copy(c, u); c.Close() }()
+		}
+	}()
+	go func() {
+		defer p.wg.Done()
+		for i := 0; i < cuts; i++ {
+			select {
+			case <-p.stop:
+				return
+			case <-time.After(every):
+			}
+			p.mu.Lock()
+			for _, c := range p.conns {
+				c.Close()
+			}
+			if len(p.conns) > 0 {
+				p.cuts++
+			}
+			p.conns = nil
+			p.mu.Unlock()
+		}
+	}()
+	t.Cleanup(p.Close)
+	return p
+}
+
+// slowCopy copies at about rate bytes per second, so that a transfer lasts
+// long enough to be cut many times.
+func slowCopy(dst io.Writer, src io.Reader, rate int) {
+	buf := make([]byte, 16<<10)
+	start, sent := time.Now(), 0
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+			sent += n
+			if ahead := time.Duration(float64(sent)/float64(rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
+				time.Sleep(ahead)
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *cuttingProxy) Close() {
+	select {
+	case <-p.stop:
+		return
+	default:
+	}
+	close(p.stop)
+	p.ln.Close()
+	p.mu.Lock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+// mixedFile writes size bytes of text, zeros and random data.
+func mixedFile(t *testing.T, path string, size int) []byte {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(1, 2))
+	data := make([]byte, 0, size)
+	for len(data) < size {
+		switch rng.IntN(3) {
+		case 0:
+			data = append(data, bytes.Repeat([]byte("guest kernel page cache line "), 300)...)
+		case 1:
+			data = append(data, make([]byte, 8192)...)
+		default:
+			chunk := make([]byte, 8192)
+			for i := range chunk {
+				chunk[i] = byte(rng.Uint32())
+			}
+			data = append(data, chunk...)
+		}
+	}
+	data = data[:size]
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func TestSendServeSurvivesRepeatedConnectionCuts(t *testing.T) {
+	bin, plugins := buildAll(t)
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	makeCerts(t, bin, certs)
+	outDir := filepath.Join(dir, "out")
+	srv := startServe(t, bin, plugins, certs, outDir)
+	proxy := newCuttingProxy(t, srv.addr, 150*time.Millisecond, 20, 8<<20)
+	input := mixedFile(t, filepath.Join(dir, "state.bin"), 48<<20)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "send", filepath.Join(dir, "state.bin"), "--to", proxy.ln.Addr().String(),
+		"--peer-name", "hostb", "--certs", certs, "--name", "hosta", "--plugin-dir", plugins, "--json", "--codec", "zstd", "--level", "1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("send: %v\n%s\nserver: %s", err, stderr.String(), srv.out)
+	}
+	var sum sendSummary
+	if err := json.Unmarshal(out, &sum); err != nil {
+		t.Fatalf("summary %q: %v", out, err)
+	}
+	if err := <-srv.done; err != nil {
+		t.Fatalf("serve exited with %v: %s", err, srv.out)
+	}
+	srv.done <- nil // for the cleanup
+	got, err := os.ReadFile(filepath.Join(outDir, "state.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, input) {
+		t.Fatalf("received %d bytes, not identical to the %d sent", len(got), len(input))
+	}
+	proxy.Close()
+	if sum.BytesIn != uint64(len(input)) || sum.WireBytes >= sum.BytesIn || sum.Ratio <= 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+	t.Logf("%d cuts during the transfer, %d reconnects, ratio %.2f, %.2f s", proxy.cuts, sum.Reconnects, sum.Ratio, sum.Seconds)
+	if proxy.cuts < 5 || sum.Reconnects == 0 {
+		t.Fatalf("the proxy cut %d times, the session reports %d reconnects: the test did not exercise resumption", proxy.cuts, sum.Reconnects)
+	}
+}
+
+func TestWrongCertificateIsRefused(t *testing.T) {
+	bin, plugins := buildAll(t)
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	makeCerts(t, bin, certs)
+	other := filepath.Join(dir, "other")
+	run(t, bin, "certs", "init", "--dir", other)
+	run(t, bin, "certs", "issue", "--dir", other, "--name", "hosta", "--ip", "127.0.0.1")
+	outDir := filepath.Join(dir, "out")
+	srv := startServe(t, bin, plugins, certs, outDir)
+	mixedFile(t, filepath.Join(dir, "x.bin"), 1<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "send", filepath.Join(dir, "x.bin"), "--to", srv.addr, "--peer-name", "hostb",
+		"--certs", other, "--name", "hosta", "--plugin-dir", plugins).CombinedOutput()
+	if err == nil {
+		t.Fatalf("a sender with a certificate from another CA was accepted:\n%s", out)
+	}
+	if !strings.Contains(strings.ToLower(string(out)), "certificate") {
+		t.Fatalf("refusal does not mention the certificate:\n%s", out)
+	}
+	entries, _ := os.ReadDir(outDir)
+	if len(entries) != 0 {
+		t.Fatalf("refused sender left files: %v", entries)
+	}
+	t.Logf("sender saw: %s", strings.TrimSpace(string(out)))
+}
