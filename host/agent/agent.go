@@ -22,6 +22,7 @@ import (
 	"github.com/dwcp/dwcp/host/transport"
 	"github.com/dwcp/dwcp/sdk"
 	"github.com/dwcp/dwcp/sdk/codec"
+	"github.com/dwcp/dwcp/sdk/hypervisor"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -120,4 +121,15 @@ func (a *Agent) Listen(ctx context.Context, addr string, opts transport.Options)
 		OnHandshakeError: func(remote net.Addr, err error) {
 			a.logger.Warn("refused connection", "remote", remote, "error", err)
 		}})
+}
+
+// Hypervisor returns the hypervisor plugin whose name is name.
+func (a *Agent) Hypervisor(name string) (hypervisor.Hypervisor, error) {
+	for _, p := range a.Plugins.Plugins() {
+		d := p.Description()
+		if d.Kind == sdk.KindHypervisor && (d.Name == name || p.Name() == name) {
+			return p.Hypervisor()
+		}
+	}
+	return nil, fmt.Errorf("hypervisor plugin %q: %w (is it in the plugin directory and pinned?)", name, sdk.ErrNotFound)
 }

@@ -116,6 +116,14 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 		}()
 	}
 	var finished atomic.Bool
+	// The return-path reader blocks in Read until the destination closes;
+	// once the stream is done (or failed), wake it.
+	retCtx, stopReturn := context.WithCancel(gctx)
+	defer stopReturn()
+	if d, ok := ret.(interface{ SetReadDeadline(time.Time) error }); ok {
+		stop := context.AfterFunc(retCtx, func() { _ = d.SetReadDeadline(time.Now()) })
+		defer stop()
+	}
 	// Reader: frames in stream order -> jobs.
 	g.Go(func() error {
 		defer close(work)
@@ -229,6 +237,7 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 					return err
 				}
 				finished.Store(true)
+				stopReturn()
 				if err := c.Send(gctx, f); err != nil {
 					return fmt.Errorf("confirm to source: %w", err)
 				}

@@ -80,6 +80,10 @@ type SourceConfig struct {
 	Mode string
 	// Hello lets the caller add fields (migration id, destination config).
 	Hello func(*streamv1.Hello)
+	// Accepted, if set, is called once the destination accepted the
+	// stream, before any input is read (a migration starts QEMU's side
+	// only then).
+	Accepted func()
 }
 
 // Summary reports a finished (or failed) transfer.
@@ -151,8 +155,13 @@ func Send(ctx context.Context, in io.Reader, c Conn, cfg SourceConfig, prog *Pro
 	g, gctx := errgroup.WithContext(ctx)
 	chunks := newChunkReader(gctx, in, g)
 	br := bufio.NewReaderSize(chunks, 256<<10)
-	prefix, _ := br.Peek(8)
-	isQEMU := cfg.Kind == KindQEMU || (cfg.Kind == KindAuto && qemustream.Detect(prefix))
+	isQEMU := cfg.Kind == KindQEMU
+	if cfg.Kind == KindAuto {
+		// Only auto-detection reads before the handshake: a live
+		// migration's input exists only once the destination accepted.
+		prefix, _ := br.Peek(8)
+		isQEMU = qemustream.Detect(prefix)
+	}
 	prog.qemu.Store(isQEMU)
 
 	hello := &streamv1.Hello{
@@ -180,6 +189,9 @@ func Send(ctx context.Context, in io.Reader, c Conn, cfg SourceConfig, prog *Pro
 		return prog.Snapshot(), err
 	}
 
+	if cfg.Accepted != nil {
+		cfg.Accepted()
+	}
 	order := make(chan *job, cfg.Workers*2+2)
 	work := make(chan *job, cfg.Workers*2+2)
 	confirmed := make(chan struct{})

@@ -42,6 +42,9 @@ const (
 	// TypeControl (either way) carries a control blob (mode changes,
 	// progress) the pipeline defines.
 	TypeControl Type = 8
+	// TypeResult (destination -> source) reports a migration's outcome
+	// after done: whether the destination VM runs.
+	TypeResult Type = 9
 )
 
 func (t Type) String() string {
@@ -62,6 +65,8 @@ func (t Type) String() string {
 		return "abort"
 	case TypeControl:
 		return "control"
+	case TypeResult:
+		return "result"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }

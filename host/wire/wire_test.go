@@ -85,7 +85,7 @@ func FuzzParse(f *testing.F) {
 		if c, err := ParseCheckpoint(frame); err == nil && !bytes.Equal(AppendCheckpoint(nil, c), frame) {
 			t.Fatalf("checkpoint does not re-encode to the same bytes")
 		}
-		for typ := TypeHello; typ <= TypeControl; typ++ {
+		for typ := TypeHello; typ <= TypeResult; typ++ {
 			_, _ = ParseBlob(frame, typ)
 		}
 	})

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dwcp/dwcp/host/agent"
 	"github.com/dwcp/dwcp/host/internal/pb/streamv1"
+	"github.com/dwcp/dwcp/host/migrate"
 	"github.com/dwcp/dwcp/host/pipeline"
 	"github.com/dwcp/dwcp/host/transport"
 	"github.com/dwcp/dwcp/sdk/codec"
@@ -250,7 +251,7 @@ func newServeCommand() *cobra.Command {
 					}
 					return err
 				}
-				err = receiveOne(ctx, cmd, sess, outDir, byAlgo)
+				err = receiveOne(ctx, cmd, a, sess, outDir, byAlgo)
 				if err != nil {
 					fmt.Fprintf(cmd.ErrOrStderr(), "dwcp serve: session from %s failed: %v\n", sess.PeerName(), err)
 				}
@@ -267,50 +268,58 @@ func newServeCommand() *cobra.Command {
 	return cmd
 }
 
-// receiveOne receives one stream into outDir. Sessions are served one at a
-// time: a migration needs the host's cores more than a second one does.
-func receiveOne(ctx context.Context, cmd *cobra.Command, sess *transport.Session, outDir string, codecs map[string]codec.Codec) error {
+// receiveOne serves one session: a migration, or a stream into outDir.
+// Sessions are served one at a time: a migration needs the host's cores
+// more than a second one does.
+func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, sess *transport.Session, outDir string, codecs map[string]codec.Codec) error {
 	defer sess.Close()
-	var tmp *os.File
 	var final string
-	cfg := pipeline.DestConfig{
-		Codecs:    codecs,
-		PageStage: pipeline.PageStageDecoder,
-		Name:      sess.PeerName(),
-		Accept: func(_ context.Context, h *streamv1.Hello) (io.Writer, io.Reader, error) {
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(cmd.OutOrStdout(), "dwcp serve: "+format+"\n", args...)
+	}
+	opts := migrate.DestOptions{
+		DestConfig: pipeline.DestConfig{Codecs: codecs, PageStage: pipeline.PageStageDecoder, Name: sess.PeerName()},
+		Hypervisor: a.Hypervisor,
+		OnEvent:    func(s string) { logf("%s", s) },
+		RawOutput: func(_ context.Context, h *streamv1.Hello) (io.Writer, func(bool) error, error) {
 			base := filepath.Base(filepath.Clean("/" + h.Name))
 			if base == "/" || base == "." || strings.HasPrefix(base, ".") {
 				return nil, nil, fmt.Errorf("refusing file name %q", h.Name)
 			}
 			final = filepath.Join(outDir, base)
-			var err error
-			tmp, err = os.CreateTemp(outDir, "."+base+".partial-*")
-			return tmp, nil, err
+			tmp, err := os.CreateTemp(outDir, "."+base+".partial-*")
+			if err != nil {
+				return nil, nil, err
+			}
+			return tmp, func(ok bool) error {
+				err := tmp.Sync()
+				if cerr := tmp.Close(); err == nil {
+					err = cerr
+				}
+				if ok && err == nil {
+					err = os.Rename(tmp.Name(), final)
+				}
+				if !ok || err != nil {
+					os.Remove(tmp.Name())
+				}
+				return err
+			}, nil
 		},
 	}
-	hello, sum, err := pipeline.Receive(ctx, sess, cfg, nil)
-	if tmp != nil {
-		if err == nil {
-			err = tmp.Sync()
-		}
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(tmp.Name(), final)
-		}
-		if err != nil {
-			os.Remove(tmp.Name())
-		}
-	}
+	res, err := migrate.Destination(ctx, sess, opts)
 	if err != nil {
 		return err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	_ = sess.CloseWrite(cctx)
 	cancel()
+	sum := res.Pipeline
+	if res.VM != "" {
+		logf("migration %s from %s complete: VM %s running here; %s, %s on the wire (%.2fx), %.2f s",
+			res.Hello.MigrationId, sess.PeerName(), res.VM, bytesString(sum.BytesIn), bytesString(sum.WireBytes), sum.Ratio(), sum.Elapsed.Seconds())
+		return nil
+	}
 	fmt.Fprintf(cmd.OutOrStdout(), "received %s from %s: %s, %s on the wire (%.2fx), %.2f s, digest verified\n",
 		final, sess.PeerName(), bytesString(sum.BytesIn), bytesString(sum.WireBytes), sum.Ratio(), sum.Elapsed.Seconds())
-	_ = hello
 	return nil
 }

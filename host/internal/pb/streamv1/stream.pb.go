@@ -284,8 +284,10 @@ type Hello struct {
 	MigrationId string `protobuf:"bytes,10,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	// Opaque, hypervisor-specific destination config (VMConfig data).
 	DestinationConfig []byte `protobuf:"bytes,11,opt,name=destination_config,json=destinationConfig,proto3" json:"destination_config,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The hypervisor plugin that understands destination_config ("qemu").
+	DestinationHypervisor string `protobuf:"bytes,12,opt,name=destination_hypervisor,json=destinationHypervisor,proto3" json:"destination_hypervisor,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -393,6 +395,13 @@ func (x *Hello) GetDestinationConfig() []byte {
 		return x.DestinationConfig
 	}
 	return nil
+}
+
+func (x *Hello) GetDestinationHypervisor() string {
+	if x != nil {
+		return x.DestinationHypervisor
+	}
+	return ""
 }
 
 type Accept struct {
@@ -621,6 +630,79 @@ func (x *Control) GetReason() string {
 	return ""
 }
 
+// MigrationResult (destination -> source, after done) says whether the
+// destination VM runs. Only then may the source release its VM; otherwise
+// the source resumes it.
+type MigrationResult struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Running bool                   `protobuf:"varint,1,opt,name=running,proto3" json:"running,omitempty"`
+	Error   string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// The destination VM's address (QMP socket path).
+	Vm string `protobuf:"bytes,3,opt,name=vm,proto3" json:"vm,omitempty"`
+	// When the destination VM was resumed, by the destination's clock.
+	RunningUnixNano int64 `protobuf:"varint,4,opt,name=running_unix_nano,json=runningUnixNano,proto3" json:"running_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *MigrationResult) Reset() {
+	*x = MigrationResult{}
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationResult) ProtoMessage() {}
+
+func (x *MigrationResult) ProtoReflect() protoreflect.Message {
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationResult.ProtoReflect.Descriptor instead.
+func (*MigrationResult) Descriptor() ([]byte, []int) {
+	return file_dwcp_stream_v1_stream_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *MigrationResult) GetRunning() bool {
+	if x != nil {
+		return x.Running
+	}
+	return false
+}
+
+func (x *MigrationResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *MigrationResult) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *MigrationResult) GetRunningUnixNano() int64 {
+	if x != nil {
+		return x.RunningUnixNano
+	}
+	return 0
+}
+
 var File_dwcp_stream_v1_stream_proto protoreflect.FileDescriptor
 
 const file_dwcp_stream_v1_stream_proto_rawDesc = "" +
@@ -637,7 +719,7 @@ const file_dwcp_stream_v1_stream_proto_rawDesc = "" +
 	"\aoptions\x18\x04 \x03(\v2,.dwcp.stream.v1.PageStageParams.OptionsEntryR\aoptions\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xac\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe3\x03\n" +
 	"\x05Hello\x12#\n" +
 	"\rframe_version\x18\x01 \x01(\rR\fframeVersion\x12.\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1a.dwcp.stream.v1.StreamKindR\x04kind\x12\x12\n" +
@@ -652,7 +734,8 @@ const file_dwcp_stream_v1_stream_proto_rawDesc = "" +
 	"returnPath\x12!\n" +
 	"\fmigration_id\x18\n" +
 	" \x01(\tR\vmigrationId\x12-\n" +
-	"\x12destination_config\x18\v \x01(\fR\x11destinationConfig\"B\n" +
+	"\x12destination_config\x18\v \x01(\fR\x11destinationConfig\x125\n" +
+	"\x16destination_hypervisor\x18\f \x01(\tR\x15destinationHypervisor\"B\n" +
 	"\x06Accept\x12\x16\n" +
 	"\x06codecs\x18\x01 \x03(\rR\x06codecs\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\"X\n" +
@@ -666,7 +749,12 @@ const file_dwcp_stream_v1_stream_proto_rawDesc = "" +
 	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x14\n" +
 	"\x05codec\x18\x02 \x01(\rR\x05codec\x12\x14\n" +
 	"\x05level\x18\x03 \x01(\x05R\x05level\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason*T\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"}\n" +
+	"\x0fMigrationResult\x12\x18\n" +
+	"\arunning\x18\x01 \x01(\bR\arunning\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x0e\n" +
+	"\x02vm\x18\x03 \x01(\tR\x02vm\x12*\n" +
+	"\x11running_unix_nano\x18\x04 \x01(\x03R\x0frunningUnixNano*T\n" +
 	"\n" +
 	"StreamKind\x12\x1b\n" +
 	"\x17STREAM_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -694,7 +782,7 @@ func file_dwcp_stream_v1_stream_proto_rawDescGZIP() []byte {
 }
 
 var file_dwcp_stream_v1_stream_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_dwcp_stream_v1_stream_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_dwcp_stream_v1_stream_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_dwcp_stream_v1_stream_proto_goTypes = []any{
 	(StreamKind)(0),         // 0: dwcp.stream.v1.StreamKind
 	(AbortCode)(0),          // 1: dwcp.stream.v1.AbortCode
@@ -705,19 +793,20 @@ var file_dwcp_stream_v1_stream_proto_goTypes = []any{
 	(*Done)(nil),            // 6: dwcp.stream.v1.Done
 	(*Abort)(nil),           // 7: dwcp.stream.v1.Abort
 	(*Control)(nil),         // 8: dwcp.stream.v1.Control
-	nil,                     // 9: dwcp.stream.v1.PageStageParams.OptionsEntry
+	(*MigrationResult)(nil), // 9: dwcp.stream.v1.MigrationResult
+	nil,                     // 10: dwcp.stream.v1.PageStageParams.OptionsEntry
 }
 var file_dwcp_stream_v1_stream_proto_depIdxs = []int32{
-	9, // 0: dwcp.stream.v1.PageStageParams.options:type_name -> dwcp.stream.v1.PageStageParams.OptionsEntry
-	0, // 1: dwcp.stream.v1.Hello.kind:type_name -> dwcp.stream.v1.StreamKind
-	2, // 2: dwcp.stream.v1.Hello.codecs:type_name -> dwcp.stream.v1.CodecOffer
-	3, // 3: dwcp.stream.v1.Hello.page_stage:type_name -> dwcp.stream.v1.PageStageParams
-	1, // 4: dwcp.stream.v1.Abort.code:type_name -> dwcp.stream.v1.AbortCode
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	10, // 0: dwcp.stream.v1.PageStageParams.options:type_name -> dwcp.stream.v1.PageStageParams.OptionsEntry
+	0,  // 1: dwcp.stream.v1.Hello.kind:type_name -> dwcp.stream.v1.StreamKind
+	2,  // 2: dwcp.stream.v1.Hello.codecs:type_name -> dwcp.stream.v1.CodecOffer
+	3,  // 3: dwcp.stream.v1.Hello.page_stage:type_name -> dwcp.stream.v1.PageStageParams
+	1,  // 4: dwcp.stream.v1.Abort.code:type_name -> dwcp.stream.v1.AbortCode
+	5,  // [5:5] is the sub-list for method output_type
+	5,  // [5:5] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_dwcp_stream_v1_stream_proto_init() }
@@ -731,7 +820,7 @@ func file_dwcp_stream_v1_stream_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dwcp_stream_v1_stream_proto_rawDesc), len(file_dwcp_stream_v1_stream_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,260 @@
+package migrate
+
+import (
+	"context"
+
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/dwcp/dwcp/host/internal/pb/streamv1"
+	"github.com/dwcp/dwcp/host/pipeline"
+	"github.com/dwcp/dwcp/sdk/hypervisor"
+)
+
+// SourceOptions configure one outgoing migration.
+type SourceOptions struct {
+	VM        hypervisor.VMRef
+	Codecs    []pipeline.Codec
+	Policy    pipeline.Policy
+	PageStage pipeline.BatchBuilderFactory
+	Mode      string
+	// Params go to the source hypervisor (max-bandwidth, downtime-limit,
+	// capabilities such as auto-converge).
+	Params hypervisor.Params
+	// SocketDir holds the private unix socket QEMU migrates into
+	// (default: the system temp dir).
+	SocketDir string
+	// MaxDuration bounds the whole migration; past it a migration that has
+	// not converged is cancelled (the VM keeps running here). 0: 30 min.
+	MaxDuration time.Duration
+	// Progress receives the pipeline's counters (optional).
+	Progress *pipeline.Progress
+	// OnStatus is called with each status the source hypervisor reports.
+	OnStatus func(hypervisor.Status)
+	// OnEvent is told about notable moments ("switchover", "not
+	// converging: ...", "destination running").
+	OnEvent func(string)
+}
+
+// Result describes a finished migration.
+type Result struct {
+	VM          hypervisor.VMInfo
+	Source      hypervisor.Status // the source hypervisor's final status
+	Pipeline    pipeline.Summary
+	Destination string // the destination VM's address there
+	// Downtime is measured by the source host: from the moment QEMU
+	// stopped the VM for the final pass to the moment the destination
+	// reported its VM running (so it includes verification, the
+	// destination's resume and one network trip).
+	Downtime time.Duration
+	Total    time.Duration
+	Passes   uint64
+}
+
+// Source migrates opts.VM over c (a session to the destination's dwcp
+// serve). On any failure the migration is cancelled on the source: the VM
+// keeps running here.
+func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOptions) (res Result, err error) {
+	start := time.Now()
+	if opts.MaxDuration <= 0 {
+		opts.MaxDuration = 30 * time.Minute
+	}
+	note := func(format string, args ...any) {
+		if opts.OnEvent != nil {
+			opts.OnEvent(fmt.Sprintf(format, args...))
+		}
+	}
+	info, err := hv.InspectVM(ctx, opts.VM)
+	if err != nil {
+		return res, fmt.Errorf("inspect VM %s: %w", opts.VM.Address, err)
+	}
+	res.VM = info
+	sock, cleanup, err := endpoint(opts.SocketDir, "out.sock")
+	if err != nil {
+		return res, err
+	}
+	defer cleanup()
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return res, fmt.Errorf("listen for QEMU at %s: %w", sock, err)
+	}
+	qemu := newLazyConn(ln)
+	defer qemu.Close()
+
+	id, _, err := hv.PrepareSource(ctx, opts.VM, opts.Params)
+	if err != nil {
+		return res, fmt.Errorf("prepare source VM: %w", err)
+	}
+	released := false
+	defer func() {
+		if released {
+			return
+		}
+		// The VM must keep running here: cancel (a completed migration is
+		// rolled back by resuming the source VM).
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if cerr := hv.CancelMigration(cctx, id); cerr != nil {
+			err = fmt.Errorf("%w; and cancelling on the source failed: %v", err, cerr)
+		} else {
+			note("migration cancelled on the source; the VM keeps running there")
+		}
+	}()
+
+	mctx, cancel := context.WithTimeout(ctx, opts.MaxDuration)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	// Watch the source hypervisor for progress, the stop-and-copy moment
+	// and convergence.
+	var mu sync.Mutex
+	var stopAt time.Time
+	var last hypervisor.Status
+	events, err := hv.WatchMigration(mctx, id)
+	if err != nil {
+		return res, fmt.Errorf("watch migration: %w", err)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		conv := convergence{}
+		for e := range events {
+			if e.Status == nil {
+				continue
+			}
+			st := *e.Status
+			mu.Lock()
+			last = st
+			if stopAt.IsZero() && (st.State == "device" || st.State == "pre-switchover" || st.State == "completed") {
+				stopAt = e.Time
+				if stopAt.IsZero() {
+					stopAt = time.Now()
+				}
+			}
+			mu.Unlock()
+			if opts.OnStatus != nil {
+				opts.OnStatus(st)
+			}
+			if msg := conv.observe(st); msg != "" {
+				note("%s", msg)
+			}
+		}
+	}()
+
+	hello := func(h *streamv1.Hello) {
+		h.MigrationId = id
+		h.DestinationConfig = info.Config.Data
+		h.DestinationHypervisor = info.Config.Hypervisor
+		h.Name = info.Name
+	}
+	started := make(chan error, 1)
+	cfg := pipeline.SourceConfig{
+		Codecs: opts.Codecs, Policy: opts.Policy, PageStage: opts.PageStage, Kind: pipeline.KindQEMU,
+		Name: info.Name, ExpectedLength: info.MemoryBytes, ReturnPath: qemu, Mode: opts.Mode, Hello: hello,
+		Accepted: func() {
+			// The destination VM listens now: start QEMU's side.
+			go qemu.accept()
+			started <- hv.StartMigration(mctx, id, sock)
+		},
+	}
+	type sendResult struct {
+		sum pipeline.Summary
+		err error
+	}
+	sent := make(chan sendResult, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sum, err := pipeline.Send(mctx, qemu, c, cfg, opts.Progress)
+		sent <- sendResult{sum, err}
+	}()
+	var sr sendResult
+	select {
+	case err := <-started:
+		if err != nil {
+			cancel()
+			<-sent
+			return res, fmt.Errorf("start migration: %w", err)
+		}
+		note("QEMU is migrating into DWCP")
+		sr = <-sent
+	case sr = <-sent:
+	}
+	res.Pipeline = sr.sum
+	if sr.err != nil {
+		if mctx.Err() != nil && ctx.Err() == nil {
+			mu.Lock()
+			st := last
+			mu.Unlock()
+			return res, fmt.Errorf("migration did not finish within %s (QEMU: %s, %d MiB remaining, dirty rate %d pages/s, pass %d): %w",
+				opts.MaxDuration, st.State, st.RemainingBytes>>20, st.DirtyPagesRate, st.DirtySyncCount, sr.err)
+		}
+		return res, fmt.Errorf("stream to destination: %w", sr.err)
+	}
+	// Every byte is verified at the destination; QEMU here has finished.
+	st, err := waitState(mctx, hv, id, 30*time.Second)
+	res.Source = st
+	if err != nil {
+		return res, err
+	}
+	if st.State != "completed" {
+		return res, fmt.Errorf("source QEMU ended the migration %q: %s", st.State, st.Error)
+	}
+	result, err := recvResult(mctx, c)
+	if err != nil {
+		return res, err
+	}
+	if !result.Running {
+		return res, fmt.Errorf("%w: %s", ErrDestinationFailed, result.Error)
+	}
+	runningAt := time.Now()
+	note("destination VM running")
+	res.Destination = result.Vm
+	mu.Lock()
+	if !stopAt.IsZero() {
+		res.Downtime = runningAt.Sub(stopAt)
+	}
+	res.Passes = last.DirtySyncCount
+	mu.Unlock()
+	if res.Downtime == 0 || res.Downtime < st.Downtime {
+		// No stop event was seen: QEMU's own figure is the lower bound.
+		res.Downtime = st.Downtime
+	}
+	if _, err := hv.FinishMigration(ctx, id, false); err != nil {
+		note("releasing the source VM failed: %v", err)
+	}
+	released = true
+	res.Total = time.Since(start)
+	return res, nil
+}
+
+// convergence notices a migration whose remaining data stops shrinking.
+type convergence struct {
+	best    uint64
+	stalled int
+	warned  bool
+	pass    uint64
+}
+
+func (c *convergence) observe(st hypervisor.Status) string {
+	if st.DirtySyncCount == c.pass || st.State != "active" {
+		return ""
+	}
+	c.pass = st.DirtySyncCount
+	if c.best == 0 || st.RemainingBytes < c.best*9/10 {
+		c.best, c.stalled = st.RemainingBytes, 0
+		return ""
+	}
+	c.stalled++
+	if c.stalled >= 5 && !c.warned {
+		c.warned = true
+		return fmt.Sprintf("not converging: %d passes without progress, %d MiB remaining, guest dirties %d pages/s; auto-converge throttles the guest (cpu %d%%), the migration is cancelled if it has not finished in time",
+			c.stalled, st.RemainingBytes>>20, st.DirtyPagesRate, st.CPUThrottlePercent)
+	}
+	return ""
+}
+
