@@ -8,7 +8,7 @@ LDFLAGS := -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.7.0
 
 # Plugin binaries: folder -> bin/plugins/dwcp-plugin-<last path element>.
-PLUGINS := plugins/zstd plugins/s2 plugins/lz4 plugins/passthrough accel/simd accel/qat
+PLUGINS := plugins/zstd plugins/s2 plugins/lz4 plugins/passthrough accel/simd accel/qat hypervisors/qemu
 # Every module of the workspace, for test and lint.
 MODULES := . sdk examples/flatecodec
 
@@ -17,7 +17,7 @@ GUEST_DIR ?= $(if $(DWCP_CACHE),$(DWCP_CACHE)/guest,$(or $(XDG_CACHE_HOME),$(HOM
 .PHONY: help build demo test test-short bench lint fmt proto proto-check clean guest streams fuzz
 
 help:
-	@echo "make demo        build everything and run today's main job"
+	@echo "make demo        build everything, migrate a live guest through DWCP and with QEMU, compare"
 	@echo "make test        the whole test suite (race detector on)"
 	@echo "make build       dwcp and every plugin into $(BIN)/, catalog pinned"
 	@echo "make bench       benchmarks (ratios against same-run baselines)"
@@ -35,8 +35,8 @@ build:
 	$(BIN)/dwcp plugins pin --dir $(PLUGIN_DIR)
 
 demo: build
-	$(BIN)/dwcp version
 	$(BIN)/dwcp plugins list --dir $(PLUGIN_DIR)
+	$(BIN)/dwcp demo --plugin-dir $(PLUGIN_DIR)
 
 test:
 	@set -e; for m in $(MODULES); do \

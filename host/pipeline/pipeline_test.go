@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"sync"
@@ -243,6 +244,14 @@ func TestDestinationWithoutCodecRefuses(t *testing.T) {
 // migration stream; the destination must see each piece before the next
 // one is produced (nothing waits in a half-full batch).
 func TestStalledInputIsFlushedAndVerified(t *testing.T) {
+	// Pieces smaller than a batch, and pieces that fill a batch exactly
+	// (closed by size just before the pause: it still needs a checkpoint).
+	for _, piece := range []int{1000, 64 << 10} {
+		t.Run(fmt.Sprint(piece), func(t *testing.T) { testStalledInput(t, piece) })
+	}
+}
+
+func testStalledInput(t *testing.T, pieceSize int) {
 	srcCodecs, dstCodecs := codecsFor()
 	pr, pw := io.Pipe()
 	a, b := memPipe()
@@ -267,11 +276,14 @@ func TestStalledInputIsFlushedAndVerified(t *testing.T) {
 	go func() { defer wg.Done(); _, _, dstErr = Receive(ctx, b, dst, nil) }()
 	go func() {
 		defer wg.Done()
-		_, srcErr = Send(ctx, pr, a, SourceConfig{Codecs: srcCodecs, BatchBytes: 1 << 20}, nil)
+		_, srcErr = Send(ctx, pr, a, SourceConfig{Codecs: srcCodecs, BatchBytes: 64 << 10, Kind: KindRaw}, nil)
 	}()
 	want := 0
 	for i := 0; i < 5; i++ {
-		piece := bytes.Repeat([]byte{byte('a' + i)}, 1000+i)
+		piece := bytes.Repeat([]byte{byte('a' + i)}, pieceSize+i%2)
+		if pieceSize == 64<<10 {
+			piece = piece[:pieceSize]
+		}
 		if _, err := pw.Write(piece); err != nil {
 			t.Fatal(err)
 		}

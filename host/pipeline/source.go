@@ -478,9 +478,11 @@ func (s *segmenter) checkpoint(final bool) error {
 // stall runs when the input has nothing buffered: ship what is pending so
 // that a live stream never waits in a half-full batch, and vouch for it.
 func (s *segmenter) stall() {
-	if s.err != nil || s.builder.Pending() == 0 {
+	if s.err != nil || (s.builder.Pending() == 0 && s.sinceCP == 0) {
 		return
 	}
+	// A batch closed by size just before the pause still needs its
+	// checkpoint, or the destination would hold it back.
 	if s.err = s.emit(); s.err == nil {
 		s.err = s.checkpoint(false)
 	}

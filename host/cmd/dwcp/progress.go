@@ -28,7 +28,7 @@ func startProgress(w io.Writer, total uint64, snap func() pipeline.Summary, extr
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		p.tty = true
 	}
-	every := 3 * time.Second
+	every := 10 * time.Second
 	if p.tty {
 		every = 250 * time.Millisecond
 	}

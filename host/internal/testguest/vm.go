@@ -54,6 +54,10 @@ type Config struct {
 	QEMU       string   // binary; $DWCP_QEMU, else qemu-system-x86_64
 	ExtraArgs  []string // appended to QEMU's command line
 	ExtraKArgs string   // appended to the kernel command line
+	// Netns, when set, runs QEMU inside that network namespace (`ip netns
+	// exec`), e.g. a WAN-lab host, so that tcp: migration URIs reach the
+	// lab's addresses.
+	Netns string
 	// Dir holds the VM's sockets and logs. Empty: a new temporary directory that
 	// Close removes. Unix socket paths must stay under 108 bytes, so keep it short.
 	Dir string
@@ -117,7 +121,8 @@ type VM struct {
 	cfg       Config
 	dir       string
 	removeDir bool
-	qmpPath   string
+	qmpPath   string // the harness's own monitor
+	toolPath  string // a second monitor for the software under test
 	logPath   string
 
 	cmd     *exec.Cmd
@@ -154,14 +159,18 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		}
 		v.dir = cfg.Dir
 	}
-	v.qmpPath = filepath.Join(v.dir, "qmp.sock")
+	// The harness keeps its own monitor; qmp.sock is left free for the
+	// software under test (a hypervisor plugin connects there): a QMP
+	// socket serves one client at a time.
+	v.qmpPath = filepath.Join(v.dir, "harness.sock")
+	v.toolPath = filepath.Join(v.dir, "qmp.sock")
 	v.logPath = filepath.Join(v.dir, "qemu.log")
 	serialPath := filepath.Join(v.dir, "serial.log")
 	if len(v.qmpPath) >= unixPathMax-8 {
 		v.cleanupDir()
 		return nil, fmt.Errorf("start vm: directory %s is too long for unix sockets", v.dir)
 	}
-	for _, p := range []string{v.qmpPath, serialPath} {
+	for _, p := range []string{v.qmpPath, v.toolPath, serialPath} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			v.cleanupDir()
 			return nil, fmt.Errorf("start vm: %w", err)
@@ -183,6 +192,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		"-monitor", "none",
 		"-serial", "file:" + serialPath,
 		"-qmp", "unix:" + v.qmpPath + ",server=on,wait=off",
+		"-qmp", "unix:" + v.toolPath + ",server=on,wait=off",
 		"-no-reboot",
 	}
 	if cfg.Guest.Payload != "" {
@@ -198,7 +208,13 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		v.cleanupDir()
 		return nil, fmt.Errorf("start vm: %w", err)
 	}
-	v.cmd = exec.Command(cfg.QEMU, args...)
+	if cfg.Netns != "" {
+		// ip execs QEMU after entering the namespace: same pid, so the
+		// parent-death signal still applies.
+		v.cmd = exec.Command("ip", append([]string{"netns", "exec", cfg.Netns, cfg.QEMU}, args...)...)
+	} else {
+		v.cmd = exec.Command(cfg.QEMU, args...)
+	}
 	v.cmd.Stdout = logf
 	v.cmd.Stderr = logf
 	v.cmd.SysProcAttr = childProcAttr()
@@ -246,6 +262,13 @@ func (v *VM) diagnostics() string {
 	}
 	return b.String()
 }
+
+// QMPPath is the QMP socket left for the software under test (the
+// harness uses another one).
+func (v *VM) QMPPath() string { return v.toolPath }
+
+// Netns is the network namespace QEMU runs in ("" for the caller's).
+func (v *VM) Netns() string { return v.cfg.Netns }
 
 // Dir is the directory of the VM's sockets and logs.
 func (v *VM) Dir() string { return v.dir }
@@ -425,6 +448,19 @@ func (v *VM) WaitChecksumFrom(ctx context.Context, from int) (Checksum, error) {
 // Close kills QEMU, waits for it, and removes the VM's temporary directory.
 func (v *VM) Close() error {
 	v.closeOnce.Do(func() {
+		if v.cmd == nil {
+			// Attached, not started here: ask QEMU to quit.
+			if v.qmp != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, _ = v.qmp.Run(ctx, "quit", nil)
+				cancel()
+				_ = v.qmp.Close()
+			}
+			if v.serial != nil {
+				v.serial.close()
+			}
+			return
+		}
 		if v.qmp != nil {
 			_ = v.qmp.Close()
 		}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dwcp/dwcp/host/internal/livelab"
+	"github.com/dwcp/dwcp/host/internal/testguest"
+	"github.com/dwcp/dwcp/host/wanlab"
+	"github.com/spf13/cobra"
+)
+
+func newDemoCommand() *cobra.Command {
+	var pluginDir, profile, mode string
+	var mem, dirty int
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Boot a small Linux guest, migrate it live through DWCP over an emulated WAN link, then with QEMU's own migration, and compare",
+		Long: "demo builds (or reuses) the test guest, creates a two-host WAN lab (root; network\n" +
+			"namespaces and a user-space packet shaper), runs `dwcp serve` on both hosts, boots the\n" +
+			"guest on host A and migrates it: A->B through DWCP, B->A with QEMU's plain migration,\n" +
+			"A->B with QEMU multifd+zstd, B->A with QEMU xbzrle. Each migration is checked (the\n" +
+			"destination runs, the guest's heartbeat continues) and measured the same way.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			log := cmd.ErrOrStderr()
+			if err := wanlab.Available(); err != nil {
+				return fmt.Errorf("the demo needs the WAN lab: %w (run as root on Linux with /dev/net/tun)", err)
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(log, "building (or reusing) the test guest ...")
+			g, err := testguest.Build(ctx, "")
+			if err != nil {
+				return err
+			}
+			prof, err := wanlab.LookupProfile(profile)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(log, "starting the WAN lab (%s) and dwcp serve on both hosts ...\n", prof.Summary())
+			env, err := livelab.New(ctx, livelab.Config{Profile: profile, Dwcp: self, PluginDir: pluginDir,
+				Guest: testguest.Config{Guest: g, MemMiB: mem, DirtyKBps: dirty}, Log: io.Discard})
+			if err != nil {
+				return err
+			}
+			defer env.Close()
+			fmt.Fprintf(log, "booting a %d MiB guest on %s (TCG: this takes a while) ...\n", mem, env.A.Name)
+			vm, err := env.Boot(ctx, env.A)
+			if err != nil {
+				return err
+			}
+			defer func() { vm.Close() }()
+			var rows []livelab.Row
+			step := func(what string, f func() (livelab.Row, *testguest.VM, error)) error {
+				fmt.Fprintf(log, "%s ...\n", what)
+				row, next, err := f()
+				if err != nil {
+					return fmt.Errorf("%s: %w", what, err)
+				}
+				vm.Close()
+				vm = next
+				rows = append(rows, row)
+				fmt.Fprintf(log, "  done in %.1f s, downtime %d ms, %s on the link, heartbeat %s\n",
+					row.Total.Seconds(), row.Downtime.Milliseconds(), bytesString(row.WireBytes), row.Heartbeat)
+				return nil
+			}
+			// Let the workload run a little so memory is not freshly booted.
+			time.Sleep(5 * time.Second)
+			if err := step("migrating A->B live through DWCP (mode "+mode+")", func() (livelab.Row, *testguest.VM, error) {
+				return env.DWCP(ctx, vm, env.A, env.B, mode)
+			}); err != nil {
+				return err
+			}
+			for i, m := range livelab.Native {
+				to := env.A
+				if i%2 == 1 {
+					to = env.B
+				}
+				if err := step("migrating with QEMU's own migration ("+m+") to "+to.Name, func() (livelab.Row, *testguest.VM, error) {
+					return env.QEMU(ctx, vm, to, m)
+				}); err != nil {
+					return err
+				}
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rows)
+			}
+			printRows(cmd.OutOrStdout(), prof, mem, rows)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&pluginDir, "plugin-dir", defaultPluginDir(), "plugin directory (with the qemu plugin and codecs, pinned)")
+	cmd.Flags().StringVar(&profile, "profile", "internet", "WAN lab profile (see `dwcp lab profiles`)")
+	cmd.Flags().StringVar(&mode, "mode", "internet", "DWCP mode for the migration")
+	cmd.Flags().IntVar(&mem, "mem", 256, "guest RAM in MiB")
+	cmd.Flags().IntVar(&dirty, "dirty-kbps", 1024, "guest dirty rate in KiB/s")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the rows as JSON")
+	return cmd
+}
+
+func printRows(w io.Writer, prof wanlab.Profile, mem int, rows []livelab.Row) {
+	fmt.Fprintf(w, "\nLive migration of a %d MiB Linux guest (QEMU 7.2, TCG) over %s\n\n", mem, prof.Summary())
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "method\tdirection\ttotal s\tdowntime ms\tQEMU-reported downtime ms\tbytes on the link\tvs QEMU plain\tQEMU stream\theartbeat\t")
+	var plain uint64
+	for _, r := range rows {
+		if r.Method == "qemu plain" {
+			plain = r.WireBytes
+		}
+	}
+	for _, r := range rows {
+		vs := "-"
+		if plain > 0 {
+			vs = fmt.Sprintf("%.0f%%", 100*float64(r.WireBytes)/float64(plain))
+		}
+		fmt.Fprintf(tw, "%s\t%s->%s\t%.1f\t%d\t%d\t%s\t%s\t%s\t%s\t\n", r.Method, r.From, r.To, r.Total.Seconds(),
+			r.Downtime.Milliseconds(), r.QEMUDowntime.Milliseconds(), bytesString(r.WireBytes), vs, bytesString(r.StreamBytes), r.Heartbeat)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\ndowntime: DWCP measures from the source QEMU's stop to the destination's report that its VM")
+	fmt.Fprintln(w, "runs; for QEMU's own migration both QEMUs are polled every 2 ms (source leaves running ->")
+	fmt.Fprintln(w, "destination running). bytes on the link: IP packets source->destination through the lab.")
+}

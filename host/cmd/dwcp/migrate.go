@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/dwcp/dwcp/host/migrate"
+	"github.com/dwcp/dwcp/host/pipeline"
+	"github.com/dwcp/dwcp/host/transport"
+	"github.com/dwcp/dwcp/sdk/hypervisor"
+	"github.com/spf13/cobra"
+)
+
+// migrateSummary is what `dwcp migrate` reports.
+type migrateSummary struct {
+	VM                 string  `json:"vm"`
+	Destination        string  `json:"destination_vm"`
+	Mode               string  `json:"mode"`
+	Codec              string  `json:"codec"`
+	Level              int     `json:"level"`
+	TotalSeconds       float64 `json:"total_seconds"`
+	DowntimeMs         float64 `json:"downtime_ms"`
+	QEMUDowntimeMs     float64 `json:"qemu_reported_downtime_ms"`
+	GuestRAM           uint64  `json:"guest_ram_bytes"`
+	StreamBytes        uint64  `json:"stream_bytes"`
+	WireBytes          uint64  `json:"bytes_on_wire"`
+	VsRAM              float64 `json:"wire_vs_ram"`
+	VsQEMUStream       float64 `json:"wire_vs_qemu_stream"`
+	Passes             uint64  `json:"passes"`
+	Reconnects         uint64  `json:"reconnects"`
+	pipeline.PageStats `json:"pages"`
+}
+
+// modeSettings turns a mode into pipeline settings. Until the adaptive
+// controller drives it, each mode is one fixed, documented plan.
+func modeSettings(mode string, codecs []pipeline.Codec) (pipeline.Choice, bool, error) {
+	switch mode {
+	case "datacenter":
+		c, err := pickCodec(codecs, "lz4", 0)
+		return c, false, err
+	case "hybrid":
+		c, err := pickCodec(codecs, "zstd", 1)
+		return c, true, err
+	case "internet", "auto":
+		c, err := pickCodec(codecs, "zstd", 3)
+		return c, true, err
+	}
+	return pipeline.Choice{}, false, fmt.Errorf("unknown mode %q (auto, datacenter, hybrid, internet)", mode)
+}
+
+func newMigrateCommand() *cobra.Command {
+	var hf hostFlags
+	var qmp, to, peerName, mode, converge string
+	var maxBandwidth uint64
+	var downtime, maxTime time.Duration
+	var streams int
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "migrate --qmp SOCKET --to HOST:PORT",
+		Short: "Live-migrate a running QEMU VM to a peer's `dwcp serve` through DWCP",
+		Long: "migrate tells the VM's QEMU (through the qemu hypervisor plugin, over QMP) to migrate into\n" +
+			"DWCP, carries the stream to the peer, and releases the VM here only after the peer reports\n" +
+			"its copy running. On any failure the migration is cancelled here and the VM keeps running.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			a, err := hf.open(ctx, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			hv, err := a.Hypervisor("qemu")
+			if err != nil {
+				return err
+			}
+			codecs, _, err := a.Codecs()
+			if err != nil {
+				return err
+			}
+			choice, pages, err := modeSettings(mode, codecs)
+			if err != nil {
+				return err
+			}
+			sess, err := a.Dial(ctx, to, peerName, streams, transport.Options{})
+			if err != nil {
+				return fmt.Errorf("connect to %s: %w", to, err)
+			}
+			defer sess.Close()
+			params := hypervisor.Params{MaxBandwidth: maxBandwidth, DowntimeLimit: downtime}
+			if converge == "auto-converge" {
+				params.Capabilities = append(params.Capabilities, "auto-converge")
+			}
+			opts := migrate.SourceOptions{
+				VM: hypervisor.VMRef{Address: qmp}, Codecs: codecs, Policy: pipeline.FixedPolicy(choice),
+				Mode: mode, Params: params, MaxDuration: maxTime, Progress: &pipeline.Progress{},
+			}
+			if pages {
+				opts.PageStage = pipeline.DefaultPageStage()
+			}
+			var mu sync.Mutex
+			var last hypervisor.Status
+			opts.OnStatus = func(st hypervisor.Status) { mu.Lock(); last = st; mu.Unlock() }
+			bar := startProgress(cmd.ErrOrStderr(), 0, opts.Progress.Snapshot, func() string {
+				mu.Lock()
+				st := last
+				mu.Unlock()
+				return fmt.Sprintf("pass %d, QEMU %s: %s sent %s left, dirty %d pages/s, expected downtime %d ms, mode %s",
+					st.DirtySyncCount, st.State, bytesString(st.TransferredBytes), bytesString(st.RemainingBytes),
+					st.DirtyPagesRate, st.ExpectedDowntime.Milliseconds(), mode)
+			})
+			opts.OnEvent = func(s string) {
+				if !asJSON {
+					fmt.Fprintf(cmd.ErrOrStderr(), "\r\033[K%s\n", s)
+				}
+			}
+			res, err := migrate.Source(ctx, sess, hv, opts)
+			bar.Stop()
+			if err != nil {
+				return fmt.Errorf("migrate %s to %s: %w", qmp, to, err)
+			}
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_ = sess.CloseWrite(cctx)
+			cancel()
+			p := res.Pipeline
+			out := migrateSummary{
+				VM: res.VM.Name, Destination: res.Destination, Mode: mode, Codec: codecLabel(codecs, choice.Codec), Level: choice.Level,
+				TotalSeconds: res.Total.Seconds(), DowntimeMs: float64(res.Downtime.Microseconds()) / 1000,
+				QEMUDowntimeMs: float64(res.Source.Downtime.Microseconds()) / 1000, GuestRAM: res.VM.MemoryBytes,
+				StreamBytes: p.BytesIn, WireBytes: p.WireBytes, Passes: res.Passes, Reconnects: sess.Stats().Reconnects, PageStats: p.Pages,
+			}
+			if out.GuestRAM > 0 {
+				out.VsRAM = float64(out.WireBytes) / float64(out.GuestRAM)
+			}
+			if out.StreamBytes > 0 {
+				out.VsQEMUStream = float64(out.WireBytes) / float64(out.StreamBytes)
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(out)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "migrated %s to %s (%s), VM running there\n", out.VM, to, out.Destination)
+			fmt.Fprintf(w, "total %.2f s, downtime %.0f ms (QEMU's own figure %.0f ms), %d passes, mode %s (%s level %d)\n",
+				out.TotalSeconds, out.DowntimeMs, out.QEMUDowntimeMs, out.Passes, mode, out.Codec, out.Level)
+			fmt.Fprintf(w, "on the wire %s: %.1f%% of guest RAM (%s), %.1f%% of what QEMU alone sends (%s); %d reconnects\n",
+				bytesString(out.WireBytes), 100*out.VsRAM, bytesString(out.GuestRAM), 100*out.VsQEMUStream, bytesString(out.StreamBytes), out.Reconnects)
+			return nil
+		},
+	}
+	hf.register(cmd)
+	cmd.Flags().StringVar(&qmp, "qmp", "", "the VM's QMP unix socket")
+	cmd.Flags().StringVar(&to, "to", "", "peer address HOST:PORT of `dwcp serve`")
+	cmd.Flags().StringVar(&peerName, "peer-name", "", "name the peer's certificate must carry (default: the host part of --to)")
+	cmd.Flags().StringVar(&mode, "mode", "auto", "auto, datacenter, hybrid or internet")
+	cmd.Flags().Uint64Var(&maxBandwidth, "max-bandwidth", 10<<30, "bandwidth QEMU may use, bytes/s (QEMU 7.2 defaults to 128 MiB/s)")
+	cmd.Flags().DurationVar(&downtime, "downtime", 300*time.Millisecond, "downtime limit QEMU aims for")
+	cmd.Flags().DurationVar(&maxTime, "max-time", 30*time.Minute, "cancel a migration that has not finished by then (the VM keeps running here)")
+	cmd.Flags().StringVar(&converge, "converge", "auto-converge", "policy for guests that dirty memory faster than the link: auto-converge (throttle the guest) or none")
+	cmd.Flags().IntVar(&streams, "streams", 4, "TCP connections")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
+	_ = cmd.MarkFlagRequired("qmp")
+	_ = cmd.MarkFlagRequired("to")
+	return cmd
+}

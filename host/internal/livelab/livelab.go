@@ -1,0 +1,412 @@
+// Package livelab runs live migrations of the test guest between two hosts
+// of the WAN lab — through DWCP (the real dwcp binary and plugins) and
+// with QEMU's own migration — and measures each the same way. The demo,
+// the end-to-end tests and the benchmarks share it.
+//
+// It owns scenario plumbing only; everything it measures is the real
+// product (dwcp, plugins, QEMU) over the lab's shaped link.
+package livelab
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dwcp/dwcp/host/internal/testguest"
+	"github.com/dwcp/dwcp/host/wanlab"
+)
+
+// Config describes a scenario.
+type Config struct {
+	// Profile is a WAN-lab profile name ("internet", "dc", ...).
+	Profile string
+	// Dwcp is the dwcp binary; PluginDir its pinned plugin directory (it
+	// must hold the qemu hypervisor plugin and the codecs).
+	Dwcp, PluginDir string
+	// Guest settings for every VM of the scenario.
+	Guest testguest.Config
+	// Log receives progress lines (optional).
+	Log io.Writer
+}
+
+// Env is a running lab with dwcp serve on both hosts.
+type Env struct {
+	cfg     Config
+	Lab     *wanlab.Lab
+	A, B    *wanlab.Host
+	dir     string
+	certs   string
+	serves  []*exec.Cmd
+	waits   sync.WaitGroup
+	port    int
+	dwcpLog *bytes.Buffer
+	mu      sync.Mutex
+}
+
+const servePort = 4650
+
+func (e *Env) logf(format string, args ...any) {
+	if e.cfg.Log != nil {
+		fmt.Fprintf(e.cfg.Log, format+"\n", args...)
+	}
+}
+
+// New creates the lab, certificates, and starts `dwcp serve` on both hosts.
+func New(ctx context.Context, cfg Config) (*Env, error) {
+	prof, err := wanlab.LookupProfile(cfg.Profile)
+	if err != nil {
+		return nil, fmt.Errorf("livelab: %w", err)
+	}
+	lab, err := wanlab.New(ctx, wanlab.Config{Hosts: 2, Profile: prof})
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{cfg: cfg, Lab: lab, A: lab.Host(0), B: lab.Host(1), port: servePort, dwcpLog: &bytes.Buffer{}}
+	if e.dir, err = os.MkdirTemp("", "dwcp-livelab-"); err != nil {
+		lab.Close()
+		return nil, err
+	}
+	e.certs = filepath.Join(e.dir, "certs")
+	steps := [][]string{
+		{"certs", "init", "--dir", e.certs},
+		{"certs", "issue", "--dir", e.certs, "--name", "hosta", "--ip", e.A.Addr.String()},
+		{"certs", "issue", "--dir", e.certs, "--name", "hostb", "--ip", e.B.Addr.String()},
+	}
+	for _, s := range steps {
+		if out, err := exec.CommandContext(ctx, cfg.Dwcp, s...).CombinedOutput(); err != nil {
+			e.Close()
+			return nil, fmt.Errorf("livelab: dwcp %s: %v\n%s", strings.Join(s, " "), err, out)
+		}
+	}
+	for _, h := range []struct {
+		host *wanlab.Host
+		name string
+	}{{e.A, "hosta"}, {e.B, "hostb"}} {
+		if err := e.startServe(ctx, h.host, h.name); err != nil {
+			e.Close()
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+func (e *Env) startServe(ctx context.Context, h *wanlab.Host, name string) error {
+	runDir := filepath.Join(e.dir, name+"-vms")
+	out := filepath.Join(e.dir, name+"-files")
+	for _, d := range []string{runDir, out} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	cmd := e.Lab.Command(h, e.cfg.Dwcp, "serve", "--listen", fmt.Sprintf("%s:%d", h.Addr, e.port),
+		"--certs", e.certs, "--name", name, "--plugin-dir", e.cfg.PluginDir, "--out-dir", out)
+	cmd.Env = append(os.Environ(), "DWCP_QEMU_RUN_DIR="+runDir)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = &lockedWriter{mu: &e.mu, w: e.dwcpLog}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("livelab: start dwcp serve on %s: %w", h.Name, err)
+	}
+	e.serves = append(e.serves, cmd)
+	ready := make(chan error, 1)
+	e.waits.Add(1)
+	go func() {
+		defer e.waits.Done()
+		sc := bufio.NewScanner(stdout)
+		first := true
+		for sc.Scan() {
+			line := sc.Text()
+			if first {
+				first = false
+				if strings.Contains(line, "listening on") {
+					ready <- nil
+				} else {
+					ready <- fmt.Errorf("dwcp serve on %s: %s", h.Name, line)
+				}
+			}
+			e.logf("  [%s serve] %s", name, line)
+		}
+		if first {
+			ready <- fmt.Errorf("dwcp serve on %s exited at once: %s", h.Name, e.ServeLog())
+		}
+	}()
+	select {
+	case err := <-ready:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(60 * time.Second):
+		return fmt.Errorf("dwcp serve on %s did not start: %s", h.Name, e.ServeLog())
+	}
+}
+
+// ServeLog is what the dwcp serve processes wrote to stderr.
+func (e *Env) ServeLog() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.dwcpLog.String()
+}
+
+// Close stops the servers and removes the lab.
+func (e *Env) Close() {
+	for _, c := range e.serves {
+		if c.Process != nil {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+	}
+	e.waits.Wait()
+	if e.Lab != nil {
+		_ = e.Lab.Close()
+	}
+	if e.dir != "" {
+		_ = os.RemoveAll(e.dir)
+	}
+}
+
+// Boot starts the test guest on host h and waits until its workload runs.
+func (e *Env) Boot(ctx context.Context, h *wanlab.Host) (*testguest.VM, error) {
+	cfg := e.cfg.Guest
+	cfg.Netns = h.NetNS
+	vm, err := testguest.Start(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := vm.WaitReady(ctx); err != nil {
+		vm.Close()
+		return nil, err
+	}
+	return vm, nil
+}
+
+// Row is one migration's measurements.
+type Row struct {
+	Method string `json:"method"`
+	From   string `json:"from"`
+	To     string `json:"to"`
+	// Total is the wall time from the command to the destination running.
+	Total time.Duration `json:"total"`
+	// Downtime is from the source VM stopping to the destination VM running
+	// (see each method for how it is observed).
+	Downtime time.Duration `json:"downtime"`
+	// QEMUDowntime is what the source QEMU reports.
+	QEMUDowntime time.Duration `json:"qemu_downtime"`
+	// WireBytes is what crossed the lab link from source to destination
+	// (IP packets: payload, TLS, TCP/IP headers, retransmissions).
+	WireBytes uint64 `json:"wire_bytes"`
+	// StreamBytes is QEMU's own stream size (ram.transferred for native
+	// runs; the stream DWCP carried).
+	StreamBytes uint64 `json:"stream_bytes"`
+	Passes      uint64 `json:"passes"`
+	Heartbeat   string `json:"heartbeat"`
+	Note        string `json:"note,omitempty"`
+}
+
+func (e *Env) linkBytes(from, to *wanlab.Host) uint64 {
+	st, err := e.Lab.LinkStats(from, to)
+	if err != nil {
+		return 0
+	}
+	return st.ForwardedBytes
+}
+
+// dwcpSummary mirrors `dwcp migrate --json`.
+type dwcpSummary struct {
+	Destination    string  `json:"destination_vm"`
+	TotalSeconds   float64 `json:"total_seconds"`
+	DowntimeMs     float64 `json:"downtime_ms"`
+	QEMUDowntimeMs float64 `json:"qemu_reported_downtime_ms"`
+	StreamBytes    uint64  `json:"stream_bytes"`
+	WireBytes      uint64  `json:"bytes_on_wire"`
+	Passes         uint64  `json:"passes"`
+}
+
+// DWCP migrates src from host `from` to host `to` with `dwcp migrate`
+// and returns the row and the destination VM (attached; Close quits it).
+// Downtime is dwcp's own measurement: from the source QEMU's stop event to
+// the destination's report that its VM runs.
+func (e *Env) DWCP(ctx context.Context, src *testguest.VM, from, to *wanlab.Host, mode string, extra ...string) (Row, *testguest.VM, error) {
+	row := Row{Method: "dwcp " + mode, From: from.Name, To: to.Name}
+	beforeHB, _ := src.Heartbeat()
+	bytes0 := e.linkBytes(from, to)
+	names := map[*wanlab.Host]string{e.A: "hosta", e.B: "hostb"}
+	args := append([]string{"migrate", "--qmp", src.QMPPath(),
+		"--to", fmt.Sprintf("%s:%d", to.Addr, e.port), "--peer-name", names[to], "--name", names[from],
+		"--certs", e.certs, "--plugin-dir", e.cfg.PluginDir, "--mode", mode, "--json"}, extra...)
+	start := time.Now()
+	cmd := e.Lab.Command(from, e.cfg.Dwcp, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	row.Total = time.Since(start)
+	row.WireBytes = e.linkBytes(from, to) - bytes0
+	if err != nil {
+		return row, nil, fmt.Errorf("dwcp migrate: %v\n%s\nserve log:\n%s", err, stderr.String(), e.ServeLog())
+	}
+	var sum dwcpSummary
+	if err := json.Unmarshal(out, &sum); err != nil {
+		return row, nil, fmt.Errorf("dwcp migrate output %q: %w", out, err)
+	}
+	row.Downtime = time.Duration(sum.DowntimeMs * float64(time.Millisecond))
+	row.QEMUDowntime = time.Duration(sum.QEMUDowntimeMs * float64(time.Millisecond))
+	row.StreamBytes, row.Passes = sum.StreamBytes, sum.Passes
+	// The source's harness monitor was rewritten into the destination's
+	// run directory as qmp1.sock; the driver keeps qmp.sock.
+	runDir := filepath.Dir(sum.Destination)
+	dst, err := testguest.Attach(ctx, filepath.Join(runDir, "qmp1.sock"), filepath.Join(runDir, "serial.log"))
+	if err != nil {
+		return row, nil, err
+	}
+	row.Heartbeat, err = checkContinues(ctx, dst, beforeHB)
+	if err != nil {
+		dst.Close()
+		return row, nil, err
+	}
+	return row, dst, nil
+}
+
+// checkContinues waits for the destination's heartbeat to move past the
+// source's last one (no restart) and returns "N -> M".
+func checkContinues(ctx context.Context, dst *testguest.VM, before testguest.Heartbeat) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	hb, err := dst.WaitHeartbeat(ctx, before.N+1)
+	if err != nil {
+		return "", fmt.Errorf("destination heartbeat after %d: %w", before.N, err)
+	}
+	return fmt.Sprintf("%d -> %d", before.N, hb.N), nil
+}
+
+// Native methods of QEMU's own migration.
+var Native = []string{"plain", "xbzrle", "multifd-zstd"}
+
+// QEMU migrates src to a fresh QEMU on host `to` with QEMU's own
+// migration over TCP across the lab. Downtime is observed from outside by
+// polling both QEMUs every 2 ms: from the source leaving "running" to the
+// destination reaching "running".
+func (e *Env) QEMU(ctx context.Context, src *testguest.VM, to *wanlab.Host, method string) (Row, *testguest.VM, error) {
+	from := e.hostOf(src)
+	row := Row{Method: "qemu " + method, From: from.Name, To: to.Name}
+	cfg := e.cfg.Guest
+	cfg.Netns, cfg.Incoming = to.NetNS, "defer"
+	dst, err := testguest.Start(ctx, cfg)
+	if err != nil {
+		return row, nil, err
+	}
+	fail := func(err error) (Row, *testguest.VM, error) { dst.Close(); return row, nil, err }
+	caps := map[string][]string{"xbzrle": {"xbzrle"}, "multifd-zstd": {"multifd"}}[method]
+	for _, vm := range []*testguest.VM{src, dst} {
+		var list []map[string]any
+		for _, c := range caps {
+			list = append(list, map[string]any{"capability": c, "state": true})
+		}
+		if len(list) > 0 {
+			if _, err := vm.QMP(ctx, "migrate-set-capabilities", map[string]any{"capabilities": list}); err != nil {
+				return fail(err)
+			}
+		}
+		if method == "multifd-zstd" {
+			if _, err := vm.QMP(ctx, "migrate-set-parameters", map[string]any{"multifd-compression": "zstd", "multifd-channels": 2}); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	port := 4444
+	uri := fmt.Sprintf("tcp:%s:%d", to.Addr, port)
+	if err := dst.MigrateIncoming(ctx, uri); err != nil {
+		return fail(err)
+	}
+	beforeHB, _ := src.Heartbeat()
+	bytes0 := e.linkBytes(from, to)
+	obs := observeDowntime(ctx, src, dst)
+	start := time.Now()
+	mi, err := src.Migrate(ctx, uri, testguest.MigrationParams{MaxBandwidth: 10 << 30})
+	if err != nil {
+		obs.stop()
+		return fail(err)
+	}
+	if err := dst.WaitStatus(ctx, "running"); err != nil {
+		obs.stop()
+		return fail(fmt.Errorf("destination after native migration: %w", err))
+	}
+	row.Total = time.Since(start)
+	row.Downtime = obs.stop()
+	row.WireBytes = e.linkBytes(from, to) - bytes0
+	row.QEMUDowntime = time.Duration(mi.DowntimeMs) * time.Millisecond
+	if mi.RAM != nil {
+		row.StreamBytes = uint64(mi.RAM.Transferred)
+		row.Passes = uint64(mi.RAM.DirtySyncCount)
+	}
+	if row.Heartbeat, err = checkContinues(ctx, dst, beforeHB); err != nil {
+		return fail(err)
+	}
+	return row, dst, nil
+}
+
+func (e *Env) hostOf(vm *testguest.VM) *wanlab.Host {
+	if vm.Netns() == e.B.NetNS {
+		return e.B
+	}
+	return e.A
+}
+
+// downtimeObserver polls two QEMUs' run states.
+type downtimeObserver struct {
+	cancel context.CancelFunc
+	done   chan time.Duration
+}
+
+func observeDowntime(ctx context.Context, src, dst *testguest.VM) *downtimeObserver {
+	ctx, cancel := context.WithCancel(ctx)
+	o := &downtimeObserver{cancel: cancel, done: make(chan time.Duration, 1)}
+	go func() {
+		var stopped time.Time
+		for ctx.Err() == nil {
+			if stopped.IsZero() {
+				if st, err := src.Status(ctx); err == nil && st != "running" {
+					stopped = time.Now()
+				}
+			} else if st, err := dst.Status(ctx); err == nil && st == "running" {
+				o.done <- time.Since(stopped)
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		o.done <- 0
+	}()
+	return o
+}
+
+func (o *downtimeObserver) stop() time.Duration {
+	select {
+	case d := <-o.done:
+		o.cancel()
+		return d
+	case <-time.After(2 * time.Second):
+		o.cancel()
+		return <-o.done
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
