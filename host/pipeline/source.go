@@ -524,7 +524,7 @@ func (s *segmenter) runRaw(r io.Reader) error {
 }
 
 func (s *segmenter) runQEMU(r io.Reader) error {
-	qr := qemustream.NewReader(r, qemustream.Options{Lenient: true})
+	qr := qemustream.NewReader(r, qemustream.Options{Lenient: true, Live: true})
 	for {
 		it, err := qr.Next()
 		if errors.Is(err, io.EOF) {

@@ -88,6 +88,13 @@ type Options struct {
 	// MaxVMDescription bounds the VMDESCRIPTION JSON length; 0 means
 	// DefaultMaxVMDescription.
 	MaxVMDescription uint32
+	// Live makes the reader hand out every byte it has parsed before it
+	// reads the source again. A relay of a live migration needs it: the
+	// source QEMU may wait (for the destination's return path) right
+	// after its last write, and bytes held back in a pending opaque run
+	// would then never reach the destination. It costs a few more,
+	// smaller opaque items.
+	Live bool
 	// Lenient turns a corrupt or unsupported record after the file header
 	// into opaque passthrough of the rest of the stream instead of an error.
 	// The output stays byte-exact; page awareness is lost from that point
@@ -373,6 +380,10 @@ func (r *Reader) need(n int) error {
 		}
 		if r.srcErr != nil {
 			return r.srcErr
+		}
+		if r.opts.Live && r.pos > r.start {
+			// Hand out the pending run before a Read that may block.
+			return errFlush
 		}
 		r.fill()
 	}
