@@ -29,20 +29,27 @@ func TestMain(m *testing.M) {
 // codecPlugins are the plugin main packages in this folder.
 var codecPlugins = []string{"zstd", "s2", "lz4", "passthrough"}
 
-// buildPlugin compiles ./name into dir and returns the binary's path.
-func buildPlugin(t testing.TB, dir, name string) string {
+// buildPlugins compiles ./name for each name into dir in one go build (the
+// packages share most of their compilation) and returns the binaries'
+// paths by name.
+func buildPlugins(t testing.TB, dir string, names ...string) map[string]string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		t.Fatalf("the go tool is needed to build the plugin binaries: %v", err)
 	}
-	bin := filepath.Join(dir, name)
-	cmd := exec.Command(goTool, "build", "-o", bin, "./"+name)
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	bins := map[string]string{}
+	for _, n := range names {
+		args = append(args, "./"+n)
+		bins[n] = filepath.Join(dir, n)
+	}
+	cmd := exec.Command(goTool, args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("go build ./%s: %v", name, err)
+		t.Fatalf("go %v: %v", args, err)
 	}
-	return bin
+	return bins
 }
 
 // binaryOptions trim the suite for the plugin boundary, where it runs twice
@@ -55,11 +62,10 @@ func TestPluginBinaries(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds four binaries and drives each through both data paths")
 	}
-	dir := t.TempDir()
+	bins := buildPlugins(t, t.TempDir(), codecPlugins...)
 	for _, name := range codecPlugins {
 		t.Run(name, func(t *testing.T) {
-			bin := buildPlugin(t, dir, name)
-			conformance.TestCodecBinary(t, bin, binaryOptions)
+			conformance.TestCodecBinary(t, bins[name], binaryOptions)
 		})
 	}
 }

@@ -225,8 +225,12 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 			if j.cp.Length != total || !bytes.Equal(sum[:], j.cp.Digest[:]) {
 				return fmt.Errorf("checkpoint at %d bytes (received %d): %w", j.cp.Length, total, ErrDigestMismatch)
 			}
-			if _, err := out.Write(hold); err != nil {
-				return fmt.Errorf("deliver stream bytes: %w", err)
+			// An empty write is skipped: the destination QEMU may already
+			// have loaded everything and closed its socket.
+			if len(hold) > 0 {
+				if _, err := out.Write(hold); err != nil {
+					return fmt.Errorf("deliver stream bytes: %w", err)
+				}
 			}
 			prog.bytesIn.Add(uint64(len(hold)))
 			prog.checkpoints.Add(1)

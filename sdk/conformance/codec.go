@@ -19,6 +19,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -29,8 +31,9 @@ import (
 // CodecOptions tunes the codec suite. The zero value runs the full suite.
 type CodecOptions struct {
 	// HugeSize is the size of the largest round trip and of the zip bomb:
-	// 0 means 32 MiB; a negative value skips the huge round trip and uses a
-	// 4 MiB bomb.
+	// 0 means 32 MiB (4 MiB under `go test -short` in TestCodec and
+	// TestCodecBinary); a negative value skips the huge round trip and
+	// uses a 4 MiB bomb.
 	HugeSize int
 	// Seed selects the pattern data; 0 means the kit's fixed default.
 	Seed uint64
@@ -89,12 +92,21 @@ func CheckCodec(ctx context.Context, c codec.Codec, opts CodecOptions) Report {
 // as "roundtrip/level=3" etc.). Pass at most one CodecOptions.
 func TestCodec(t *testing.T, c codec.Codec, opts ...CodecOptions) {
 	t.Helper()
+	suite, _ := newCodecSuite(c, testOptions(opts))
+	runTests(t, suite.checks())
+}
+
+// testOptions picks the options of a Test* call: the first given, with a
+// smaller huge block under -short.
+func testOptions(opts []CodecOptions) CodecOptions {
 	var o CodecOptions
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	suite, _ := newCodecSuite(c, o)
-	runTests(t, suite.checks())
+	if testing.Short() && o.HugeSize == 0 {
+		o.HugeSize = 4 << 20
+	}
+	return o
 }
 
 // codecSuite holds what the checks share: the codec, its capabilities as
@@ -191,6 +203,16 @@ func decode(c codec.Codec, dst, src []byte, maxSize int) (out []byte, err error)
 		}
 	}()
 	return c.Decode(dst, src, maxSize)
+}
+
+// quoteErr quotes a one-line error and sets a multi-line one (a plugin's
+// crash report with its stderr) on lines of its own.
+func quoteErr(err error) string {
+	msg := err.Error()
+	if strings.Contains(msg, "\n") {
+		return "\n" + msg + "\n"
+	}
+	return strconv.Quote(msg)
 }
 
 func isPanic(err error) bool {
@@ -446,7 +468,7 @@ func (s *codecSuite) expectTooLarge(st *state, what string, enc []byte, maxSize 
 	case isPanic(err):
 		st.failf("%s: Decode with maxSize %d: %v", what, maxSize, err)
 	case !errors.Is(err, sdk.ErrTooLarge):
-		st.failf("%s: Decode with maxSize %d returned %q, which does not wrap sdk.ErrTooLarge", what, maxSize, err)
+		st.failf("%s: Decode with maxSize %d returned %s, which does not wrap sdk.ErrTooLarge", what, maxSize, quoteErr(err))
 	}
 }
 
@@ -475,7 +497,7 @@ func (s *codecSuite) checkMaxSize(ctx context.Context, st *state) {
 			if out, err := decode(s.c, nil, enc, -1); err == nil {
 				st.failf("%s: Decode with maxSize -1 succeeded with %d bytes: a negative limit must be an error (sdk.ErrInvalidArgument or sdk.ErrTooLarge)", what, len(out))
 			} else if !errIsAny(err, sdk.ErrInvalidArgument, sdk.ErrTooLarge) {
-				st.failf("%s: Decode with maxSize -1 returned %q, which wraps neither sdk.ErrInvalidArgument nor sdk.ErrTooLarge", what, err)
+				st.failf("%s: Decode with maxSize -1 returned %s, which wraps neither sdk.ErrInvalidArgument nor sdk.ErrTooLarge", what, quoteErr(err))
 			}
 		}
 	}
@@ -533,7 +555,7 @@ func corruptOK(st *state, what string, out []byte, err error, maxSize int) (succ
 	case isPanic(err):
 		st.failf("%s: Decode of damaged input: %v", what, err)
 	case !errIsAny(err, sdk.ErrCorruptInput, sdk.ErrTooLarge):
-		st.failf("%s: Decode of damaged input returned %q, which wraps neither sdk.ErrCorruptInput nor sdk.ErrTooLarge", what, err)
+		st.failf("%s: Decode of damaged input returned %s, which wraps neither sdk.ErrCorruptInput nor sdk.ErrTooLarge", what, quoteErr(err))
 	}
 	return false
 }
@@ -738,7 +760,7 @@ func (s *codecSuite) checkInvalidLevels(_ context.Context, st *state) {
 		case isPanic(err):
 			st.failf("Encode at level %d: %v", l, err)
 		case !errors.Is(err, sdk.ErrInvalidArgument):
-			st.failf("Encode at level %d (outside %d..%d) returned %q, which does not wrap sdk.ErrInvalidArgument", l, r.Min, r.Max, err)
+			st.failf("Encode at level %d (outside %d..%d) returned %s, which does not wrap sdk.ErrInvalidArgument", l, r.Min, r.Max, quoteErr(err))
 		}
 	}
 }

@@ -2,9 +2,11 @@ package conformance
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/dwcp/dwcp/sdk"
@@ -43,8 +45,7 @@ func CheckCodecBinary(ctx context.Context, path string, opts CodecOptions) Repor
 		}})
 		sub := Report{Results: []Result{launch}}
 		if remote != nil {
-			suite, _ := newCodecSuite(remote, opts)
-			for _, c := range suite.checks() {
+			for _, c := range remoteChecks(inst, remote, opts) {
 				sub.Add(runCheck(ctx, c))
 			}
 		}
@@ -63,10 +64,7 @@ func CheckCodecBinary(ctx context.Context, path string, opts CodecOptions) Repor
 // CodecOptions.
 func TestCodecBinary(t *testing.T, path string, opts ...CodecOptions) {
 	t.Helper()
-	var o CodecOptions
-	if len(opts) > 0 {
-		o = opts[0]
-	}
+	o := testOptions(opts)
 	t.Run("describe", func(t *testing.T) {
 		reportToT(t, runCheck(t.Context(), check{"describe", func(ctx context.Context, st *state) { checkDescribe(ctx, st, path) }}))
 	})
@@ -89,11 +87,16 @@ func TestCodecBinary(t *testing.T, path string, opts ...CodecOptions) {
 					}
 				})
 			}
-			if res.Status != StatusPass {
+			switch res.Status {
+			case StatusFail:
 				t.Fatalf("launch: %s", res.Message)
+			case StatusSkip:
+				t.Skipf("launch: %s", res.Message)
 			}
-			suite, _ := newCodecSuite(remote, o)
-			runTests(t, suite.checks())
+			if res.Message != "" {
+				t.Logf("launch: %s", res.Message)
+			}
+			runTests(t, remoteChecks(inst, remote, o))
 		})
 	}
 }
@@ -174,4 +177,52 @@ func closeInstance(st *state, inst *plugin.Instance, failed bool) {
 			st.failf("plugin's last stderr lines:\n  | %s", strings.Join(tail, "\n  | "))
 		}
 	}
+}
+
+// remoteChecks is the codec suite for a launched plugin. Once the plugin
+// process has died, the checks still to come are skipped and repeated
+// calls report the crash in one short line: the check that crashed it
+// carries the plugin's last words, and the verdict stays FAIL.
+func remoteChecks(inst *plugin.Instance, remote codec.Codec, opts CodecOptions) []check {
+	suite, _ := newCodecSuite(&crashOnce{Codec: remote}, opts)
+	cs := suite.checks()
+	for i := range cs {
+		run := cs[i].run
+		cs[i].run = func(ctx context.Context, st *state) {
+			if inst.Exited() {
+				st.skipf("the plugin process has exited: it crashed in an earlier check")
+				return
+			}
+			run(ctx, st)
+		}
+	}
+	return cs
+}
+
+var errGone = fmt.Errorf("the plugin process is gone (its crash is reported above): %w", sdk.ErrPluginCrashed)
+
+// crashOnce passes calls through until one reports a crashed plugin, then
+// answers errGone at once.
+type crashOnce struct {
+	codec.Codec
+	crashed atomic.Bool
+}
+
+func (c *crashOnce) call(dst []byte, f func() ([]byte, error)) ([]byte, error) {
+	if c.crashed.Load() {
+		return dst, errGone
+	}
+	out, err := f()
+	if errors.Is(err, sdk.ErrPluginCrashed) && c.crashed.Swap(true) {
+		return out, errGone
+	}
+	return out, err
+}
+
+func (c *crashOnce) Encode(dst, src []byte, level int) ([]byte, error) {
+	return c.call(dst, func() ([]byte, error) { return c.Codec.Encode(dst, src, level) })
+}
+
+func (c *crashOnce) Decode(dst, src []byte, maxSize int) ([]byte, error) {
+	return c.call(dst, func() ([]byte, error) { return c.Codec.Decode(dst, src, maxSize) })
 }

@@ -91,4 +91,20 @@ func TestRealMemoryMix(t *testing.T) {
 	if f := float64(zeros) / 4096; f < 0.2 || f > 0.3 {
 		t.Errorf("zero-page fraction %.3f, want about 0.25", f)
 	}
+	seen := map[string]bool{}
+	dups, nonZero := 0, 0
+	for i := 0; i < len(b); i += conformance.PageSize {
+		pg := string(b[i : i+conformance.PageSize])
+		if pg == string(zero) {
+			continue
+		}
+		nonZero++
+		if seen[pg] {
+			dups++
+		}
+		seen[pg] = true
+	}
+	if f := float64(dups) / float64(nonZero); f < 0.03 || f > 0.08 {
+		t.Errorf("duplicate non-zero pages %.3f, want about 0.05 (a real guest: 0.044)", f)
+	}
 }

@@ -20,8 +20,8 @@ import (
 	"github.com/dwcp/dwcp/sdk/hypervisor"
 	pb "github.com/dwcp/dwcp/sdk/internal/pb/pluginv1"
 	"github.com/dwcp/dwcp/sdk/internal/shm"
-	goplugin "github.com/hashicorp/go-plugin"
 	"github.com/hashicorp/go-hclog"
+	goplugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 )
 

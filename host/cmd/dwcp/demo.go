@@ -88,7 +88,11 @@ func newDemoCommand() *cobra.Command {
 				if err := step("migrating with QEMU's own migration ("+m+") to "+to.Name, func() (livelab.Row, *testguest.VM, error) {
 					return env.QEMU(ctx, vm, to, m)
 				}); err != nil {
-					return err
+					// QEMU's own run failed: show it in the table and stop
+					// (the guest did not survive it).
+					fmt.Fprintf(log, "  FAILED: %v\n", err)
+					rows = append(rows, livelab.Row{Method: "qemu " + m, Note: "failed: " + firstLine(err.Error())})
+					break
 				}
 			}
 			if asJSON {
@@ -109,6 +113,15 @@ func newDemoCommand() *cobra.Command {
 	return cmd
 }
 
+func firstLine(s string) string {
+	for i, c := range s {
+		if c == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
 func printRows(w io.Writer, prof wanlab.Profile, mem int, rows []livelab.Row) {
 	fmt.Fprintf(w, "\nLive migration of a %d MiB Linux guest (QEMU 7.2, TCG) over %s\n\n", mem, prof.Summary())
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
@@ -120,6 +133,10 @@ func printRows(w io.Writer, prof wanlab.Profile, mem int, rows []livelab.Row) {
 		}
 	}
 	for _, r := range rows {
+		if r.Note != "" && r.Total == 0 {
+			fmt.Fprintf(tw, "%s\t%s\t\t\t\t\t\t\t\t\n", r.Method, r.Note)
+			continue
+		}
 		vs := "-"
 		if plain > 0 {
 			vs = fmt.Sprintf("%.0f%%", 100*float64(r.WireBytes)/float64(plain))

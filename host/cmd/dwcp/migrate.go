@@ -32,23 +32,7 @@ type migrateSummary struct {
 	Passes             uint64  `json:"passes"`
 	Reconnects         uint64  `json:"reconnects"`
 	pipeline.PageStats `json:"pages"`
-}
-
-// modeSettings turns a mode into pipeline settings. Until the adaptive
-// controller drives it, each mode is one fixed, documented plan.
-func modeSettings(mode string, codecs []pipeline.Codec) (pipeline.Choice, bool, error) {
-	switch mode {
-	case "datacenter":
-		c, err := pickCodec(codecs, "lz4", 0)
-		return c, false, err
-	case "hybrid":
-		c, err := pickCodec(codecs, "zstd", 1)
-		return c, true, err
-	case "internet", "auto":
-		c, err := pickCodec(codecs, "zstd", 3)
-		return c, true, err
-	}
-	return pipeline.Choice{}, false, fmt.Errorf("unknown mode %q (auto, datacenter, hybrid, internet)", mode)
+	Controller         string `json:"controller"`
 }
 
 func newMigrateCommand() *cobra.Command {
@@ -80,25 +64,27 @@ func newMigrateCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			choice, pages, err := modeSettings(mode, codecs)
-			if err != nil {
-				return err
-			}
 			sess, err := a.Dial(ctx, to, peerName, streams, transport.Options{})
 			if err != nil {
 				return fmt.Errorf("connect to %s: %w", to, err)
 			}
 			defer sess.Close()
+			plan, err := a.PlanSession(ctx, sess, sess.PeerName(), mode, codecs)
+			if err != nil {
+				return err
+			}
+			if !asJSON {
+				fmt.Fprintf(cmd.ErrOrStderr(), "path to %s: %v; mode %s (%s)\n", to, plan.Probe.Path, plan.Mode, plan.Why)
+			}
+			choice := plan.Settings.Start
 			params := hypervisor.Params{MaxBandwidth: maxBandwidth, DowntimeLimit: downtime}
 			if converge == "auto-converge" {
 				params.Capabilities = append(params.Capabilities, "auto-converge")
 			}
 			opts := migrate.SourceOptions{
-				VM: hypervisor.VMRef{Address: qmp}, Codecs: codecs, Policy: pipeline.FixedPolicy(choice),
-				Mode: mode, Params: params, MaxDuration: maxTime, Progress: &pipeline.Progress{},
-			}
-			if pages {
-				opts.PageStage = pipeline.DefaultPageStage()
+				VM: hypervisor.VMRef{Address: qmp}, Codecs: codecs, Policy: plan.Controller,
+				Mode: plan.Mode.String(), Params: params, MaxDuration: maxTime, Progress: &pipeline.Progress{},
+				PageStage: plan.PageStage(),
 			}
 			var mu sync.Mutex
 			var last hypervisor.Status
@@ -107,9 +93,10 @@ func newMigrateCommand() *cobra.Command {
 				mu.Lock()
 				st := last
 				mu.Unlock()
-				return fmt.Sprintf("pass %d, QEMU %s: %s sent %s left, dirty %d pages/s, expected downtime %d ms, mode %s",
+				cs := plan.Controller.Status()
+				return fmt.Sprintf("pass %d, QEMU %s: %s sent %s left, dirty %d pages/s, expected downtime %d ms, mode %s, %s",
 					st.DirtySyncCount, st.State, bytesString(st.TransferredBytes), bytesString(st.RemainingBytes),
-					st.DirtyPagesRate, st.ExpectedDowntime.Milliseconds(), mode)
+					st.DirtyPagesRate, st.ExpectedDowntime.Milliseconds(), cs.Mode, cs.Step)
 			})
 			opts.OnEvent = func(s string) {
 				if !asJSON {
@@ -126,7 +113,8 @@ func newMigrateCommand() *cobra.Command {
 			cancel()
 			p := res.Pipeline
 			out := migrateSummary{
-				VM: res.VM.Name, Destination: res.Destination, Mode: mode, Codec: codecLabel(codecs, choice.Codec), Level: choice.Level,
+				VM: res.VM.Name, Destination: res.Destination, Mode: plan.Mode.String(), Codec: codecLabel(codecs, choice.Codec), Level: choice.Level,
+				Controller:   plan.Controller.Summary(),
 				TotalSeconds: res.Total.Seconds(), DowntimeMs: float64(res.Downtime.Microseconds()) / 1000,
 				QEMUDowntimeMs: float64(res.Source.Downtime.Microseconds()) / 1000, GuestRAM: res.VM.MemoryBytes,
 				StreamBytes: p.BytesIn, WireBytes: p.WireBytes, Passes: res.Passes, Reconnects: sess.Stats().Reconnects, PageStats: p.Pages,
@@ -146,6 +134,7 @@ func newMigrateCommand() *cobra.Command {
 			fmt.Fprintf(w, "migrated %s to %s (%s), VM running there\n", out.VM, to, out.Destination)
 			fmt.Fprintf(w, "total %.2f s, downtime %.0f ms (QEMU's own figure %.0f ms), %d passes, mode %s (%s level %d)\n",
 				out.TotalSeconds, out.DowntimeMs, out.QEMUDowntimeMs, out.Passes, mode, out.Codec, out.Level)
+			fmt.Fprintf(w, "%s\n", out.Controller)
 			fmt.Fprintf(w, "on the wire %s: %.1f%% of guest RAM (%s), %.1f%% of what QEMU alone sends (%s); %d reconnects\n",
 				bytesString(out.WireBytes), 100*out.VsRAM, bytesString(out.GuestRAM), 100*out.VsQEMUStream, bytesString(out.StreamBytes), out.Reconnects)
 			return nil

@@ -71,11 +71,13 @@ type sendSummary struct {
 	Batches     uint64             `json:"batches"`
 	Checkpoints uint64             `json:"checkpoints"`
 	Pages       pipeline.PageStats `json:"pages"`
+	Mode        string             `json:"mode"`
+	Decisions   string             `json:"controller"`
 }
 
 func newSendCommand() *cobra.Command {
 	var hf hostFlags
-	var to, peerName, codecName, pageStage string
+	var to, peerName, codecName, pageStage, mode string
 	var level, streams int
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -112,17 +114,32 @@ func newSendCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			choice, err := pickCodec(codecs, codecName, level)
-			if err != nil {
-				return err
-			}
 			sess, err := a.Dial(ctx, to, peerName, streams, transport.Options{})
 			if err != nil {
 				return fmt.Errorf("connect to %s: %w", to, err)
 			}
 			defer sess.Close()
-			cfg := pipeline.SourceConfig{Codecs: codecs, Policy: pipeline.FixedPolicy(choice), Name: name, ExpectedLength: size, Mode: "manual"}
-			if pageStage != "off" {
+			plan, err := a.PlanSession(ctx, sess, sess.PeerName(), mode, codecs)
+			if err != nil {
+				return err
+			}
+			if !asJSON {
+				fmt.Fprintf(cmd.ErrOrStderr(), "path to %s: %v; mode %s (%s)\n", to, plan.Probe.Path, plan.Mode, plan.Why)
+			}
+			choice := plan.Settings.Start
+			var policy pipeline.Policy = plan.Controller
+			if cmd.Flags().Changed("codec") || cmd.Flags().Changed("level") {
+				if choice, err = pickCodec(codecs, codecName, level); err != nil {
+					return err
+				}
+				policy = pipeline.FixedPolicy(choice)
+			}
+			cfg := pipeline.SourceConfig{Codecs: codecs, Policy: policy, Name: name, ExpectedLength: size, Mode: plan.Mode.String(),
+				BatchBytes: plan.Settings.BatchBytes, CheckpointBytes: plan.Settings.CheckpointBytes}
+			switch pageStage {
+			case "auto":
+				cfg.PageStage = plan.PageStage()
+			case "on":
 				cfg.PageStage = pipeline.DefaultPageStage()
 			}
 			if pageStage == "on" {
@@ -147,6 +164,7 @@ func newSendCommand() *cobra.Command {
 			out := sendSummary{
 				Name: name, BytesIn: sum.BytesIn, WireBytes: sum.WireBytes, Ratio: sum.Ratio(),
 				Seconds: sum.Elapsed.Seconds(), QEMU: sum.QEMU, Level: choice.Level, PageStage: cfg.PageStage != nil && sum.QEMU,
+				Mode: plan.Mode.String(), Decisions: plan.Controller.Summary(),
 				Reconnects: st.Reconnects, TCPBytes: st.WireBytesSent, Batches: sum.Batches, Checkpoints: sum.Checkpoints, Pages: sum.Pages,
 			}
 			out.Codec = codecLabel(codecs, choice.Codec)
@@ -166,6 +184,9 @@ func newSendCommand() *cobra.Command {
 				name, to, bytesString(out.BytesIn), bytesString(out.WireBytes), out.Ratio, out.Savings, out.Seconds, bytesString(uint64(out.Throughput)))
 			fmt.Fprintf(w, "codec %s level %d, QEMU stream %v, page stage %v, %d batches, %d checkpoints, %d reconnects, %s TCP+TLS bytes\n",
 				out.Codec, out.Level, out.QEMU, out.PageStage, out.Batches, out.Checkpoints, out.Reconnects, bytesString(out.TCPBytes))
+			if policy == pipeline.Policy(plan.Controller) {
+				fmt.Fprintf(w, "mode %s; %s\n", out.Mode, out.Decisions)
+			}
 			if out.PageStage {
 				p := out.Pages
 				fmt.Fprintf(w, "pages %d: zero %d, duplicate %d, delta %d, full %d, stored %d\n", p.Pages, p.Zero, p.Duplicate, p.Delta, p.Full, p.Stored)
@@ -176,9 +197,10 @@ func newSendCommand() *cobra.Command {
 	hf.register(cmd)
 	cmd.Flags().StringVar(&to, "to", "", "peer address HOST:PORT of `dwcp serve`")
 	cmd.Flags().StringVar(&peerName, "peer-name", "", "name the peer's certificate must carry (default: the host part of --to)")
-	cmd.Flags().StringVar(&codecName, "codec", "zstd", "codec algorithm, or none")
-	cmd.Flags().IntVar(&level, "level", -1, "codec level (-1: the codec's default)")
-	cmd.Flags().StringVar(&pageStage, "page-stage", "auto", "page stage for QEMU streams: auto (when detected), on (treat input as QEMU), off")
+	cmd.Flags().StringVar(&mode, "mode", "auto", "auto (measure the path), datacenter, hybrid or internet")
+	cmd.Flags().StringVar(&codecName, "codec", "zstd", "fix the codec (zstd, s2, lz4, ... or none) instead of letting the controller choose")
+	cmd.Flags().IntVar(&level, "level", -1, "fix the codec level (-1: the codec's default)")
+	cmd.Flags().StringVar(&pageStage, "page-stage", "auto", "page stage for QEMU streams: auto (as the mode says), on (treat input as QEMU), off")
 	cmd.Flags().IntVar(&streams, "streams", 4, "TCP connections")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
 	_ = cmd.MarkFlagRequired("to")
@@ -306,7 +328,11 @@ func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, sess *t
 			}, nil
 		},
 	}
-	res, err := migrate.Destination(ctx, sess, opts)
+	conn, err := agent.AnswerProbe(ctx, sess)
+	if err != nil {
+		return err
+	}
+	res, err := migrate.Destination(ctx, conn, opts)
 	if err != nil {
 		return err
 	}

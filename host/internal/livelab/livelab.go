@@ -50,6 +50,7 @@ type Env struct {
 	port    int
 	dwcpLog *bytes.Buffer
 	mu      sync.Mutex
+	where   map[*testguest.VM]*wanlab.Host
 }
 
 const servePort = 4650
@@ -70,7 +71,8 @@ func New(ctx context.Context, cfg Config) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Env{cfg: cfg, Lab: lab, A: lab.Host(0), B: lab.Host(1), port: servePort, dwcpLog: &bytes.Buffer{}}
+	e := &Env{cfg: cfg, Lab: lab, A: lab.Host(0), B: lab.Host(1), port: servePort, dwcpLog: &bytes.Buffer{},
+		where: map[*testguest.VM]*wanlab.Host{}}
 	if e.dir, err = os.MkdirTemp("", "dwcp-livelab-"); err != nil {
 		lab.Close()
 		return nil, err
@@ -268,8 +270,8 @@ func (e *Env) DWCP(ctx context.Context, src *testguest.VM, from, to *wanlab.Host
 	if err != nil {
 		return row, nil, err
 	}
-	row.Heartbeat, err = checkContinues(ctx, dst, beforeHB)
-	if err != nil {
+	e.place(dst, to)
+	if row.Heartbeat, err = e.checkGuest(ctx, src, dst, beforeHB); err != nil {
 		dst.Close()
 		return row, nil, err
 	}
@@ -289,7 +291,7 @@ func checkContinues(ctx context.Context, dst *testguest.VM, before testguest.Hea
 }
 
 // Native methods of QEMU's own migration.
-var Native = []string{"plain", "xbzrle", "multifd-zstd"}
+var Native = []string{"plain", "multifd-zstd", "xbzrle"}
 
 // QEMU migrates src to a fresh QEMU on host `to` with QEMU's own
 // migration over TCP across the lab. Downtime is observed from outside by
@@ -348,17 +350,51 @@ func (e *Env) QEMU(ctx context.Context, src *testguest.VM, to *wanlab.Host, meth
 		row.StreamBytes = uint64(mi.RAM.Transferred)
 		row.Passes = uint64(mi.RAM.DirtySyncCount)
 	}
-	if row.Heartbeat, err = checkContinues(ctx, dst, beforeHB); err != nil {
+	e.place(dst, to)
+	if row.Heartbeat, err = e.checkGuest(ctx, src, dst, beforeHB); err != nil {
 		return fail(err)
 	}
 	return row, dst, nil
 }
 
+// checkGuest checks the migrated guest: its heartbeat continues past the
+// source's last one (no restart) and the checksum of its fixed memory
+// region is the one the source reported.
+func (e *Env) checkGuest(ctx context.Context, src, dst *testguest.VM, before testguest.Heartbeat) (string, error) {
+	hb, err := checkContinues(ctx, dst, before)
+	if err != nil {
+		return "", err
+	}
+	want, werr := src.Checksum()
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	got, gerr := dst.WaitChecksumFrom(ctx, 0)
+	switch {
+	case werr != nil || gerr != nil:
+		return hb, fmt.Errorf("guest checksum: source %v, destination %v", werr, gerr)
+	case got.Sum != want.Sum:
+		return hb, fmt.Errorf("guest memory checksum changed across the migration: %s before, %s after", want.Sum, got.Sum)
+	}
+	return hb + ", sum " + got.Sum[:8] + " unchanged", nil
+}
+
+// hostOf is the lab host a VM of this scenario runs on.
 func (e *Env) hostOf(vm *testguest.VM) *wanlab.Host {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if h, ok := e.where[vm]; ok {
+		return h
+	}
 	if vm.Netns() == e.B.NetNS {
 		return e.B
 	}
 	return e.A
+}
+
+func (e *Env) place(vm *testguest.VM, h *wanlab.Host) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.where[vm] = h
 }
 
 // downtimeObserver polls two QEMUs' run states.

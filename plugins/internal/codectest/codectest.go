@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"runtime"
 	"testing"
 
 	"github.com/dwcp/dwcp/sdk"
@@ -37,27 +38,57 @@ func sizeName(n int) string {
 	return fmt.Sprintf("%dKiB", n>>10)
 }
 
+// Warm calls f enough times to touch every entry of a codec's pools (they
+// hold up to about twice GOMAXPROCS states, built on first use), so that
+// allocation counts measured afterwards are the steady state.
+func Warm(f func()) {
+	for range 4*runtime.GOMAXPROCS(0) + 4 {
+		f()
+	}
+}
+
+// benchSpan is how much real-memory-like data each size cycles through, so
+// a 4 KiB benchmark sees 256 different pages (zero, text, code, random...)
+// rather than whichever kind page 0 happens to be.
+const benchSpan = 4 << 20
+
 // Bench runs Encode and Decode benchmarks of c at each level and size on
-// the real-memory-like pattern, reusing dst so the allocation count is the
-// codec's own. It reports MB/s of uncompressed data (SetBytes) and the
-// compression ratio.
+// the real-memory-like pattern, cycling through benchSpan bytes of blocks
+// and reusing dst so the allocation count is the codec's own. It reports
+// MB/s of uncompressed data (SetBytes) and the compression ratio over all
+// the blocks.
 func Bench(b *testing.B, c codec.Codec, levels []int) {
+	data := RealMemory(benchSpan)
 	for _, level := range levels {
 		for _, n := range BenchSizes {
-			src := RealMemory(n)
-			enc, err := c.Encode(nil, src, level)
-			if err != nil {
-				b.Fatalf("encode level %d: %v", level, err)
+			blocks := make([][]byte, 0, benchSpan/n)
+			encs := make([][]byte, 0, benchSpan/n)
+			var in, out int
+			for off := 0; off+n <= len(data); off += n {
+				enc, err := c.Encode(nil, data[off:off+n], level)
+				if err != nil {
+					b.Fatalf("encode level %d: %v", level, err)
+				}
+				blocks, encs = append(blocks, data[off:off+n]), append(encs, enc)
+				in, out = in+n, out+len(enc)
 			}
-			ratio := float64(n) / float64(len(enc))
+			ratio := float64(in) / float64(out)
+			Warm(func() {
+				_, _ = c.Encode(nil, blocks[0], level)
+				_, _ = c.Decode(nil, encs[0], n)
+			})
 			b.Run(fmt.Sprintf("Encode/level=%d/%s", level, sizeName(n)), func(b *testing.B) {
 				dst := make([]byte, 0, c.Capabilities().Bound.Max(n))
 				b.SetBytes(int64(n))
 				b.ReportAllocs()
+				i := 0
 				for b.Loop() {
-					dst, err = c.Encode(dst[:0], src, level)
-					if err != nil {
+					var err error
+					if dst, err = c.Encode(dst[:0], blocks[i], level); err != nil {
 						b.Fatal(err)
+					}
+					if i++; i == len(blocks) {
+						i = 0
 					}
 				}
 				b.ReportMetric(ratio, "ratio")
@@ -66,17 +97,21 @@ func Bench(b *testing.B, c codec.Codec, levels []int) {
 				dst := make([]byte, 0, n)
 				b.SetBytes(int64(n))
 				b.ReportAllocs()
+				i := 0
 				for b.Loop() {
-					dst, err = c.Decode(dst[:0], enc, n)
-					if err != nil {
+					var err error
+					if dst, err = c.Decode(dst[:0], encs[i], n); err != nil {
 						b.Fatal(err)
 					}
-				}
-				if !bytes.Equal(dst, src) {
-					b.Fatal("decoded bytes differ from the source")
+					if i++; i == len(blocks) {
+						i = 0
+					}
 				}
 				b.ReportMetric(ratio, "ratio")
 			})
+			if got, err := c.Decode(nil, encs[len(encs)-1], n); err != nil || !bytes.Equal(got, blocks[len(blocks)-1]) {
+				b.Fatalf("level %d, %d bytes: round trip failed: %v", level, n, err)
+			}
 		}
 	}
 }
@@ -134,4 +169,23 @@ func Fuzz(f *testing.F, c codec.Codec, levels []int, extra ...[]byte) {
 			t.Fatalf("re-encoded output does not round-trip")
 		}
 	})
+}
+
+// Conformance returns the kit options the codec packages run with: the
+// kit's defaults, but under -race (where the detector makes a codec's slow
+// levels crawl) an 8 MiB huge block and a sample of levels; the plain run
+// covers every level at full size.
+func Conformance() conformance.CodecOptions {
+	if RaceEnabled {
+		return conformance.CodecOptions{HugeSize: 8 << 20, MaxLevels: 4}
+	}
+	return conformance.CodecOptions{}
+}
+
+// SkipAllocsUnderRace skips an allocation-count test in a -race build.
+func SkipAllocsUnderRace(t *testing.T) {
+	t.Helper()
+	if RaceEnabled {
+		t.Skip("allocation counts are meaningless under -race (sync.Pool drops items at random)")
+	}
 }

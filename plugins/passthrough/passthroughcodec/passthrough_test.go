@@ -15,7 +15,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestConformance(t *testing.T) {
-	conformance.TestCodec(t, passthroughcodec.New())
+	conformance.TestCodec(t, passthroughcodec.New(), codectest.Conformance())
 }
 
 func TestIdentity(t *testing.T) {
@@ -34,6 +34,7 @@ func TestIdentity(t *testing.T) {
 }
 
 func TestNoAllocsWhenWarm(t *testing.T) {
+	codectest.SkipAllocsUnderRace(t)
 	c := passthroughcodec.New()
 	src := codectest.RealMemory(64 << 10)
 	dst := make([]byte, 0, len(src))

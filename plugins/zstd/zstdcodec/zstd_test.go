@@ -20,7 +20,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 var levels = []int{zstdcodec.LevelFastest, zstdcodec.LevelDefault, zstdcodec.LevelBetter, zstdcodec.LevelBest}
 
 func TestConformance(t *testing.T) {
-	conformance.TestCodec(t, zstdcodec.New())
+	conformance.TestCodec(t, zstdcodec.New(), codectest.Conformance())
 }
 
 // streamFrame encodes src with zstd's streaming writer, which does not
@@ -100,7 +100,9 @@ func TestNoContentSizeSizedFromBlocks(t *testing.T) {
 	if err != nil || !bytes.Equal(out, src) {
 		t.Fatalf("decode: %v", err)
 	}
-	if n := after.TotalAlloc - before.TotalAlloc; n > uint64(len(src))+256<<10 {
+	// Proportional to the output, not to maxSize (1 TiB here); the slack
+	// covers decoder state (larger under -race).
+	if n := after.TotalAlloc - before.TotalAlloc; n > 3*uint64(len(src))+256<<10 {
 		t.Fatalf("allocated %d bytes for a %d-byte output", n, len(src))
 	}
 }
@@ -159,17 +161,29 @@ func TestLevelsDiffer(t *testing.T) {
 }
 
 func TestNoAllocsWhenWarm(t *testing.T) {
+	codectest.SkipAllocsUnderRace(t)
 	c := zstdcodec.New()
 	src := codectest.RealMemory(64 << 10)
 	for _, l := range levels {
 		enc, _ := c.Encode(nil, src, l)
+		codectest.Warm(func() { _, _ = c.Encode(nil, src, l); _, _ = c.Decode(nil, enc, len(src)) })
+		// AllocsPerRun truncates the average: with 1 run, any allocation
+		// at all shows; the warm-up makes every run the steady state.
 		dst := make([]byte, 0, c.Capabilities().Bound.Max(len(src)))
-		if a := testing.AllocsPerRun(20, func() { dst, _ = c.Encode(dst[:0], src, l) }); a != 0 {
-			t.Errorf("level %d: Encode allocates %v times per call", l, a)
+		if a := testing.AllocsPerRun(1, func() {
+			for range 16 {
+				dst, _ = c.Encode(dst[:0], src, l)
+			}
+		}); a != 0 {
+			t.Errorf("level %d: Encode allocates (%v allocations in 16 calls)", l, a)
 		}
 		out := make([]byte, 0, len(src))
-		if a := testing.AllocsPerRun(20, func() { out, _ = c.Decode(out[:0], enc, len(src)) }); a != 0 {
-			t.Errorf("level %d: Decode allocates %v times per call", l, a)
+		if a := testing.AllocsPerRun(1, func() {
+			for range 16 {
+				out, _ = c.Decode(out[:0], enc, len(src))
+			}
+		}); a != 0 {
+			t.Errorf("level %d: Decode allocates (%v allocations in 16 calls)", l, a)
 		}
 	}
 }

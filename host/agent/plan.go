@@ -1,0 +1,86 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/dwcp/dwcp/host/modes"
+	"github.com/dwcp/dwcp/host/pipeline"
+	"github.com/dwcp/dwcp/host/transport"
+)
+
+// SessionPlan is what a source decided for one session.
+type SessionPlan struct {
+	Probe      modes.ProbeResult
+	Settings   modes.Settings
+	Controller *modes.Controller
+	Mode       modes.Mode
+	Manual     bool
+	Why        string
+}
+
+// PageStage returns the page stage the plan wants, or nil.
+func (p *SessionPlan) PageStage() pipeline.BatchBuilderFactory {
+	if !p.Settings.PageStage {
+		return nil
+	}
+	ps := pipeline.DefaultPageStage()
+	ps.Options.Disabled = p.Settings.PageDisabled
+	return ps
+}
+
+// PlanSession measures the path to the peer over sess (the peer's serve
+// answers the probe), picks the mode — the user's choice ("auto" for
+// none), else the measured path's class — and returns the settings and
+// the adaptive controller to use as the pipeline's policy.
+func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, mode string, codecs []pipeline.Codec) (*SessionPlan, error) {
+	var want modes.Mode
+	if mode != "" && mode != "auto" {
+		m, err := modes.ParseMode(mode)
+		if err != nil {
+			return nil, err
+		}
+		want = m
+	}
+	probe, err := modes.Probe(ctx, sess, modes.ProbeConfig{})
+	if err != nil {
+		return nil, fmt.Errorf("measure the path to %s: %w", peer, err)
+	}
+	m, manual, why := modes.Resolve(peer, want, modes.Overrides{Thresholds: modes.DefaultThresholds()}, probe.Path)
+	settings, err := modes.Plan(m, probe.Path, codecs, modes.PlanConfig{})
+	if err != nil {
+		return nil, err
+	}
+	ctl, err := modes.NewController(modes.ControllerConfig{
+		Settings: settings, Path: probe.Path, Thresholds: modes.DefaultThresholds(), Manual: manual,
+		Streams: sess.Stats().Connections - 1, Sampler: modes.TransportSampler{Session: sess},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &SessionPlan{Probe: probe, Settings: settings, Controller: ctl, Mode: m, Manual: manual, Why: why}, nil
+}
+
+// AnswerProbe runs the destination's half of the path measurement and
+// returns a connection that delivers the first non-probe message first.
+func AnswerProbe(ctx context.Context, sess *transport.Session) (pipeline.Conn, error) {
+	leftover, err := modes.Respond(ctx, sess)
+	if err != nil {
+		return nil, fmt.Errorf("answer the peer's path probe: %w", err)
+	}
+	return &prefixConn{Session: sess, first: leftover}, nil
+}
+
+type prefixConn struct {
+	*transport.Session
+	first []byte
+}
+
+func (p *prefixConn) Recv(ctx context.Context) ([]byte, error) {
+	if p.first != nil {
+		f := p.first
+		p.first = nil
+		return f, nil
+	}
+	return p.Session.Recv(ctx)
+}

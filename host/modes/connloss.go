@@ -1,0 +1,105 @@
+package modes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"syscall"
+)
+
+// ErrNoTCPInfo: the platform or the connection gives no TCP counters.
+var ErrNoTCPInfo = errors.New("no TCP counters")
+
+// ConnLoss is a LossSource over TCP connections: it sums the kernel's
+// counters of the connections it tracks. A connection that closes keeps
+// the last values read from it, so the sums never go backwards. Track
+// connections yourself, or let WrapDial track every connection a dial
+// function opens (a transport session's DialConfig.Dial). Safe for
+// concurrent use.
+type ConnLoss struct {
+	mu    sync.Mutex
+	conns []*trackedConn
+}
+
+type trackedConn struct {
+	sc syscall.Conn
+	// base is the kernel's counters when the connection was first seen
+	// out of its initial slow start; last the latest reading since.
+	base, last TCPCounters
+	steady     bool
+}
+
+// Track adds connections. Connections that are not TCP sockets (nothing
+// implements syscall.Conn) are ignored; a *tls.Conn is unwrapped.
+func (l *ConnLoss) Track(conns ...net.Conn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range conns {
+		if u, ok := c.(interface{ NetConn() net.Conn }); ok {
+			c = u.NetConn()
+		}
+		if sc, ok := c.(syscall.Conn); ok {
+			l.conns = append(l.conns, &trackedConn{sc: sc})
+		}
+	}
+}
+
+// WrapDial returns a dial function that tracks every connection dial
+// opens. Pass it as transport.DialConfig.Dial (a nil dial means a
+// net.Dialer).
+func (l *ConnLoss) WrapDial(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err == nil {
+			l.Track(c)
+		}
+		return c, err
+	}
+}
+
+// TCPCounters implements LossSource. Each connection counts from the
+// first reading that finds it out of TCP's initial slow start: slow start
+// ends by overflowing the bottleneck's queue, and those drops are the
+// probe's own doing, not the path's loss. Read the counters at least once
+// per burst round so that the end of slow start is seen promptly.
+func (l *ConnLoss) TCPCounters() (TCPCounters, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.conns) == 0 {
+		return TCPCounters{}, fmt.Errorf("tcp counters: no connections tracked: %w", ErrNoTCPInfo)
+	}
+	var sum TCPCounters
+	var firstErr error
+	read := 0
+	for _, c := range l.conns {
+		v, slowStart, err := tcpCounters(c.sc)
+		switch {
+		case err != nil:
+			if firstErr == nil {
+				firstErr = err
+			}
+		case !c.steady && !slowStart:
+			c.steady, c.base, c.last = true, v, v
+			read++
+		case c.steady && v.SegmentsSent >= c.last.SegmentsSent && v.Retransmitted >= c.last.Retransmitted:
+			// (A counter never shrinks; a smaller value would be another
+			// socket reusing the descriptor.)
+			c.last = v
+			read++
+		default:
+			read++
+		}
+		sum.SegmentsSent += c.last.SegmentsSent - c.base.SegmentsSent
+		sum.Retransmitted += c.last.Retransmitted - c.base.Retransmitted
+	}
+	if read == 0 {
+		return sum, fmt.Errorf("tcp counters: %w", firstErr)
+	}
+	return sum, nil
+}

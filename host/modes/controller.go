@@ -1,0 +1,659 @@
+package modes
+
+import (
+	"fmt"
+	"math"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dwcp/dwcp/host/pipeline"
+)
+
+// Controller defaults (docs/modes.md, "The control loop").
+const (
+	// defaultHeadroom: a heavier level is taken only if the encoders would
+	// still outrun the link by this fraction at that level; priors and
+	// scaled estimates are rarely better than that.
+	defaultHeadroom = 0.25
+	// A decision needs at least this many batches and this much time since
+	// the window started (the first batch of the current choice).
+	defaultDwellBatches = 8
+	defaultDwell        = 250 * time.Millisecond
+	// The sender blocked on the transport for at least sendHigh of the
+	// window: the link (or the destination behind it) is the bottleneck.
+	// At most sendLow: it is not.
+	sendHigh = 0.25
+	sendLow  = 0.10
+	// The encoders were busy at least cpuHigh of their capacity: the CPU is
+	// the bottleneck. Below cpuLow (and the link not busy): the source is.
+	cpuHigh = 0.80
+	cpuLow  = 0.50
+	// A lighter step must promise this much more throughput.
+	lighterGain = 0.05
+	// In source-bound windows a heavier step is taken when it would keep
+	// the encoders below this utilisation.
+	sourceBoundUtil = 0.5
+	// A step that was left for being too slow soon after it was entered is
+	// not retried for backoffMin, doubling up to backoffMax, unless the
+	// link estimate moves by linkChange.
+	backoffMin = 2 * time.Second
+	backoffMax = time.Minute
+	linkChange = 0.3
+	// An observation of a step older than this is replaced by the scaled
+	// prior.
+	obsMaxAge = 20 * time.Second
+	// defaultMaxLog bounds the decision log.
+	defaultMaxLog = 1024
+)
+
+// LinkSample is what a transport reports about the path while data flows.
+type LinkSample struct {
+	RTT          time.Duration
+	DeliveryRate float64 // payload bytes/s the peer consumed
+	Counters     TCPCounters
+	CountersOK   bool
+}
+
+// LinkSampler gives the controller the transport's own view of the path;
+// TransportSampler adapts a transport session. Sample must not block.
+type LinkSampler interface {
+	Sample() LinkSample
+}
+
+// ControllerConfig configures NewController.
+type ControllerConfig struct {
+	// Settings come from Plan: the ladder, the mode's bounds and the start.
+	Settings Settings
+	// Path is the estimate the session started with (probe or cache).
+	Path       Path
+	Thresholds Thresholds
+	// Manual pins the mode (a user or peer override): no reclassification.
+	Manual bool
+	// Workers is the pipeline's number of encode workers (default
+	// GOMAXPROCS, as the pipeline's).
+	Workers int
+	// Streams is the number of data connections the session has (default
+	// Settings.Streams); stream recommendations are made against it.
+	Streams int
+	// Sampler, when set, adds the transport's RTT, delivery rate and TCP
+	// counters to the passive estimate.
+	Sampler LinkSampler
+	// Now is the clock (default time.Now); tests drive it.
+	Now func() time.Time
+	// DwellBatches and Dwell: a decision needs this many batches and this
+	// long since the window started (defaults 8 and 250 ms).
+	DwellBatches int
+	Dwell        time.Duration
+	// Headroom: see defaultHeadroom (default 0.25).
+	Headroom float64
+	// OnDecision, when set, is called with every decision, on the
+	// pipeline's sending goroutine: it must not block.
+	OnDecision func(Decision)
+	// MaxLog bounds the decisions kept (default 1024; older ones are
+	// dropped and counted).
+	MaxLog int
+}
+
+// DecisionKind says what a decision changed.
+type DecisionKind string
+
+// Decision kinds.
+const (
+	KindLevel   DecisionKind = "level"
+	KindMode    DecisionKind = "mode"
+	KindStreams DecisionKind = "streams"
+)
+
+// Window is what the controller measured over one decision window.
+type Window struct {
+	Batches  int
+	Interval time.Duration
+	// SendBusy is the fraction of the window the sender blocked on the
+	// transport; CPUBusy the fraction of the encoders' capacity used.
+	SendBusy, CPUBusy float64
+	// StreamRate and WireRate are stream and frame bytes per second;
+	// Link is the link estimate after the window (bytes/s, 0 unknown).
+	StreamRate, WireRate, Link float64
+	Bottleneck                 string // "link", "cpu", "source" or "mixed"
+}
+
+// Decision is one change the controller made or recommended.
+type Decision struct {
+	At       time.Time
+	Batch    uint64 // batches observed when it was made
+	Kind     DecisionKind
+	From, To string
+	Choice   pipeline.Choice // the choice in force after it
+	Mode     Mode            // the mode in force after it
+	Streams  int             // recommended streams (streams decisions)
+	Reason   string
+	Window   Window
+}
+
+func (d Decision) String() string {
+	return fmt.Sprintf("%s batch %d: %s %s -> %s: %s", d.At.Format("15:04:05.000"), d.Batch, d.Kind, d.From, d.To, d.Reason)
+}
+
+// Status is a live view of the controller for progress output.
+type Status struct {
+	Mode       Mode
+	Step       string
+	Choice     pipeline.Choice
+	Path       Path // the passive estimate
+	Streams    int  // recommended data connections
+	Batches    uint64
+	Decisions  int
+	Dropped    int // decisions dropped from the bounded log
+	LastWindow Window
+}
+
+// stepObs is what was observed of one ladder step.
+type stepObs struct {
+	speed, ratio float64 // stream bytes/s per encoder, stream/wire
+	at           time.Time
+	ok           bool
+}
+
+// Controller is the adaptive codec policy: a pipeline.Policy. Choose is
+// lock-free; Observe, Decisions and Status take a mutex.
+type Controller struct {
+	choice atomic.Uint64 // packed pipeline.Choice
+
+	mu       sync.Mutex
+	cfg      ControllerConfig
+	ladder   Ladder
+	lo, hi   int
+	cur      int
+	mode     Mode
+	class    *Classifier
+	workers  float64
+	headroom float64
+	now      func() time.Time
+
+	// window since the first batch of the current choice
+	started                bool
+	start                  time.Time
+	n                      int
+	decoded, wire          int64
+	encode, sendWait       time.Duration
+	decodedEnc, encodedDur int64 // batches that spent encode time: stream bytes, ns
+
+	obs                    []stepObs
+	speedScale, ratioScale float64
+	// ceiling is the link's measured capacity (wire bytes/s): from the
+	// probe, then from windows in which the link was saturated; 0 once an
+	// unsaturated window carried more (the capacity is then unknown, and
+	// only known to be above floor, the last window's wire rate).
+	ceiling, floor           float64
+	linkAtBackoff            float64
+	backoffUntil, backoffFor []time.Duration
+	epoch                    time.Time // origin of backoffUntil
+	lastMove                 struct {
+		at       time.Time
+		from, to int
+	}
+
+	counters0  TCPCounters
+	countersOK bool
+	path       Path
+	streams    int
+	recStreams int
+	recSince   time.Time
+	batches    uint64
+	last       Window
+	log        []Decision
+	dropped    int
+}
+
+func packChoice(c pipeline.Choice) uint64 {
+	return uint64(c.Codec)<<32 | uint64(uint32(int32(c.Level)))
+}
+
+func unpackChoice(v uint64) pipeline.Choice {
+	return pipeline.Choice{Codec: uint8(v >> 32), Level: int(int32(uint32(v)))}
+}
+
+// NewController builds a controller from Plan's settings.
+func NewController(cfg ControllerConfig) (*Controller, error) {
+	s := cfg.Settings
+	if len(s.Ladder) == 0 {
+		return nil, fmt.Errorf("new controller: settings have no ladder (use Plan): %w", ErrBadConfig)
+	}
+	if !s.Mode.Valid() || s.MinStep < 0 || s.MaxStep >= len(s.Ladder) || s.MinStep > s.MaxStep {
+		return nil, fmt.Errorf("new controller: mode %v with steps %d..%d of %d: %w", s.Mode, s.MinStep, s.MaxStep, len(s.Ladder), ErrBadConfig)
+	}
+	cur := s.Ladder.Index(s.Start)
+	if cur < 0 {
+		return nil, fmt.Errorf("new controller: start %+v is not on the ladder: %w", s.Start, ErrBadConfig)
+	}
+	if err := cfg.Path.Validate(); err != nil {
+		return nil, fmt.Errorf("new controller: %w", err)
+	}
+	t := cfg.Thresholds.WithDefaults()
+	if err := t.Validate(); err != nil {
+		return nil, fmt.Errorf("new controller: %w", err)
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	if cfg.Streams <= 0 {
+		cfg.Streams = max(s.Streams, 1)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.DwellBatches <= 0 {
+		cfg.DwellBatches = defaultDwellBatches
+	}
+	if cfg.Dwell <= 0 {
+		cfg.Dwell = defaultDwell
+	}
+	if !(cfg.Headroom > 0) {
+		cfg.Headroom = defaultHeadroom
+	}
+	if cfg.MaxLog <= 0 {
+		cfg.MaxLog = defaultMaxLog
+	}
+	c := &Controller{
+		cfg: cfg, ladder: s.Ladder, lo: s.MinStep, hi: s.MaxStep, cur: cur, mode: s.Mode,
+		class:   NewClassifierAt(t, s.Mode),
+		workers: float64(cfg.Workers), headroom: cfg.Headroom, now: cfg.Now,
+		obs:        make([]stepObs, len(s.Ladder)),
+		speedScale: 1, ratioScale: 1,
+		ceiling:      cfg.Path.Bandwidth,
+		backoffUntil: make([]time.Duration, len(s.Ladder)),
+		backoffFor:   make([]time.Duration, len(s.Ladder)),
+		epoch:        cfg.Now(),
+		path:         cfg.Path,
+		streams:      cfg.Streams,
+		recStreams:   cfg.Streams,
+	}
+	c.cur = min(max(c.cur, c.lo), c.hi)
+	c.choice.Store(packChoice(c.ladder[c.cur].Choice))
+	if cfg.Sampler != nil {
+		ls := cfg.Sampler.Sample()
+		c.counters0, c.countersOK = ls.Counters, ls.CountersOK
+	}
+	return c, nil
+}
+
+// Choose implements pipeline.Policy.
+func (c *Controller) Choose() pipeline.Choice { return unpackChoice(c.choice.Load()) }
+
+// Observe implements pipeline.Policy.
+func (c *Controller) Observe(r pipeline.BatchResult) {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.batches++
+	if !c.started {
+		// Batches chosen before the last change are still arriving; the
+		// window opens with the first one of the current choice.
+		if r.Choice == c.ladder[c.cur].Choice {
+			c.started, c.start = true, now
+			c.resetSums()
+		}
+		return
+	}
+	c.n++
+	c.decoded += int64(r.Decoded)
+	c.wire += int64(r.Wire)
+	c.encode += r.Encode
+	c.sendWait += r.SendWait
+	if r.Encode > 0 && r.Choice == c.ladder[c.cur].Choice {
+		c.decodedEnc += int64(r.Decoded)
+		c.encodedDur += int64(r.Encode)
+	}
+	if c.n < c.cfg.DwellBatches || now.Sub(c.start) < c.cfg.Dwell {
+		return
+	}
+	c.evaluate(now)
+}
+
+func (c *Controller) resetSums() {
+	c.n, c.decoded, c.wire, c.encode, c.sendWait, c.decodedEnc, c.encodedDur = 0, 0, 0, 0, 0, 0, 0
+}
+
+// ewma blends a sample into an average (alpha: the sample's weight).
+func ewma(avg, sample, alpha float64) float64 {
+	if avg <= 0 {
+		return sample
+	}
+	return avg + alpha*(sample-avg)
+}
+
+// evaluate closes a window: it updates the estimates and may change the
+// level, the mode or the stream recommendation.
+func (c *Controller) evaluate(now time.Time) {
+	iv := now.Sub(c.start)
+	sec := iv.Seconds()
+	w := Window{
+		Batches: c.n, Interval: iv,
+		SendBusy:   c.sendWait.Seconds() / sec,
+		CPUBusy:    c.encode.Seconds() / (c.workers * sec),
+		StreamRate: float64(c.decoded) / sec,
+		WireRate:   float64(c.wire) / sec,
+	}
+	cur := c.cur
+	// What the current step did, and how far it is from its prior: the
+	// same factors (this machine's load, this guest's data, the page
+	// stage's savings) apply to the other steps.
+	if c.encodedDur > 0 && c.decodedEnc > 0 {
+		sp := float64(c.decodedEnc) / time.Duration(c.encodedDur).Seconds()
+		c.obs[cur].speed = ewma(c.obs[cur].speed, sp, 0.5)
+		if c.ladder[cur].Speed < storeSpeed {
+			c.speedScale = ewma(c.speedScale, sp/c.ladder[cur].Speed, 0.3)
+		}
+	}
+	if c.wire > 0 && c.decoded > 0 {
+		ra := float64(c.decoded) / float64(c.wire)
+		c.obs[cur].ratio = ewma(c.obs[cur].ratio, ra, 0.5)
+		c.ratioScale = ewma(c.ratioScale, ra/c.ladder[cur].Ratio, 0.3)
+		c.obs[cur].ok, c.obs[cur].at = true, now
+	}
+
+	// The link: a saturated window measures it; an unsaturated one only
+	// proves it is at least as fast as what went through.
+	var ls LinkSample
+	if c.cfg.Sampler != nil {
+		ls = c.cfg.Sampler.Sample()
+	}
+	saturated := w.SendBusy >= sendHigh
+	c.floor = w.WireRate
+	if saturated {
+		c.ceiling = ewma(c.ceiling, w.WireRate, 0.5)
+	} else {
+		c.floor = math.Max(c.floor, math.Min(ls.DeliveryRate, maxBandwidth))
+		if c.ceiling > 0 && c.floor > c.ceiling*1.1 {
+			c.ceiling = 0
+		}
+	}
+	w.Link = c.linkEstimate()
+	if c.linkAtBackoff > 0 && math.Abs(w.Link-c.linkAtBackoff) > linkChange*c.linkAtBackoff {
+		// The path changed: earlier failures say nothing about it now.
+		clear(c.backoffUntil)
+		c.linkAtBackoff = 0
+	}
+	c.updatePath(now, ls)
+
+	cpuBound := w.CPUBusy >= cpuHigh && w.SendBusy <= sendLow
+	sourceBound := w.CPUBusy < cpuLow && w.SendBusy <= sendLow
+	switch {
+	case cpuBound:
+		w.Bottleneck = "cpu"
+	case saturated:
+		w.Bottleneck = "link"
+	case sourceBound:
+		w.Bottleneck = "source"
+	default:
+		w.Bottleneck = "mixed"
+	}
+	c.last = w
+
+	next, reason := cur, ""
+	switch {
+	case cpuBound && cur > c.lo:
+		// The link's capacity, if known; a link that was never saturated
+		// may be anything above what it carried, so a lighter step is
+		// worth trying.
+		link := c.ceiling
+		if link <= 0 {
+			link = math.Inf(1)
+		}
+		cand := cur - 1
+		tCur := throughput(c.speed(cur), c.ratio(cur), c.workers, link)
+		tCand := throughput(c.speed(cand), c.ratio(cand), c.workers, link)
+		if tCand > tCur*(1+lighterGain) {
+			next = cand
+			reason = fmt.Sprintf("cpu-bound: encoders %.0f%% busy, sender blocked %.0f%%; %s would carry %s of stream against %s (link %s)",
+				w.CPUBusy*100, w.SendBusy*100, c.ladder[cand].Name, FormatRate(tCand), FormatRate(tCur), linkText(c.ceiling, c.floor))
+		}
+	case saturated && cur < c.hi && !c.backedOff(cur+1, now):
+		cand := cur + 1
+		cpu := c.speed(cand) * c.workers
+		need := c.ceiling * c.ratio(cand)
+		tCur := throughput(c.speed(cur), c.ratio(cur), c.workers, c.ceiling)
+		tCand := throughput(c.speed(cand), c.ratio(cand), c.workers, c.ceiling)
+		switch {
+		case cpu >= (1+c.headroom)*need:
+			// Compress harder while the codec still outruns the link.
+			next = cand
+			reason = fmt.Sprintf("link-bound: sender blocked %.0f%% at %s; %s encoders would still produce %s of stream against the %s the link takes",
+				w.SendBusy*100, FormatRate(c.ceiling), c.ladder[cand].Name, FormatRate(cpu), FormatRate(need))
+		case c.observed(cand, now) && tCand > tCur*(1+lighterGain):
+			// A step left for being cpu-bound while the link's capacity
+			// was unknown, now that the link has shown what it carries.
+			next = cand
+			reason = fmt.Sprintf("link-bound: sender blocked %.0f%% at %s; %s, as measured, carries %s of stream against %s here",
+				w.SendBusy*100, FormatRate(c.ceiling), c.ladder[cand].Name, FormatRate(tCand), FormatRate(tCur))
+		}
+	case sourceBound && c.mode != Datacenter && cur < c.hi && !c.backedOff(cur+1, now):
+		cand := cur + 1
+		util := w.StreamRate / (c.speed(cand) * c.workers)
+		if util <= sourceBoundUtil {
+			next = cand
+			reason = fmt.Sprintf("source-bound (encoders %.0f%%, sender %.0f%% busy): %s would use %.0f%% of the encoders and save bytes",
+				w.CPUBusy*100, w.SendBusy*100, c.ladder[cand].Name, util*100)
+		}
+	}
+	if next != cur {
+		if next < cur && c.lastMove.to == cur && c.lastMove.from == next && now.Sub(c.lastMove.at) < 4*time.Duration(c.cfg.DwellBatches)*c.cfg.Dwell {
+			// Entered from below and left again quickly: the heavier step
+			// does not fit this path; do not retry it at once.
+			d := c.backoffFor[cur]
+			d = min(max(2*d, backoffMin), backoffMax)
+			c.backoffFor[cur] = d
+			c.backoffUntil[cur] = now.Sub(c.epoch) + d
+			c.linkAtBackoff = c.linkEstimate()
+			reason += fmt.Sprintf(" (%s not retried for %v)", c.ladder[cur].Name, d)
+		}
+		c.move(now, next, reason, w)
+	}
+
+	if !c.cfg.Manual {
+		if m, changed := c.class.Update(c.path, now); changed {
+			c.setMode(now, m, w)
+		}
+	}
+	c.recommend(now, w)
+	if next == cur {
+		// A new window starts here; after a change it starts with the
+		// first batch of the new choice.
+		c.start = now
+		c.resetSums()
+	}
+}
+
+// observed reports whether step i has a fresh observation.
+func (c *Controller) observed(i int, now time.Time) bool {
+	o := c.obs[i]
+	return o.ok && o.speed > 0 && now.Sub(o.at) < obsMaxAge
+}
+
+// speed and ratio are the best guesses for a step: its own recent
+// observation, else its prior scaled like the current step's.
+func (c *Controller) speed(i int) float64 {
+	if o := c.obs[i]; o.ok && o.speed > 0 && c.now().Sub(o.at) < obsMaxAge {
+		return o.speed
+	}
+	if c.ladder[i].Speed >= storeSpeed {
+		return storeSpeed
+	}
+	return c.ladder[i].Speed * c.speedScale
+}
+
+func (c *Controller) ratio(i int) float64 {
+	if o := c.obs[i]; o.ok && o.ratio > 0 && c.now().Sub(o.at) < obsMaxAge {
+		return o.ratio
+	}
+	return math.Max(c.ladder[i].Ratio*c.ratioScale, 1e-3)
+}
+
+// linkEstimate is the best single number for the link: its measured
+// capacity, else the most it was seen to carry.
+func (c *Controller) linkEstimate() float64 {
+	if c.ceiling > 0 {
+		return c.ceiling
+	}
+	return c.floor
+}
+
+func linkText(ceiling, floor float64) string {
+	if ceiling > 0 {
+		return FormatRate(ceiling)
+	}
+	return "above " + FormatRate(floor)
+}
+
+func (c *Controller) backedOff(i int, now time.Time) bool {
+	return now.Sub(c.epoch) < c.backoffUntil[i]
+}
+
+func (c *Controller) move(now time.Time, next int, reason string, w Window) {
+	from := c.ladder[c.cur].Name
+	c.lastMove.at, c.lastMove.from, c.lastMove.to = now, c.cur, next
+	c.cur = next
+	c.choice.Store(packChoice(c.ladder[next].Choice))
+	c.started = false
+	c.resetSums()
+	c.record(Decision{At: now, Batch: c.batches, Kind: KindLevel, From: from, To: c.ladder[next].Name,
+		Choice: c.ladder[next].Choice, Mode: c.mode, Reason: reason, Window: w})
+}
+
+func (c *Controller) setMode(now time.Time, m Mode, w Window) {
+	from := c.mode
+	c.mode = m
+	c.lo, c.hi = c.ladder.Bounds(m)
+	c.record(Decision{At: now, Batch: c.batches, Kind: KindMode, From: from.String(), To: m.String(),
+		Choice: c.ladder[c.cur].Choice, Mode: m, Reason: fmt.Sprintf("path now %v", c.path), Window: w})
+	if c.cur < c.lo || c.cur > c.hi {
+		c.move(now, min(max(c.cur, c.lo), c.hi), fmt.Sprintf("outside the %v mode's steps %s..%s", m, c.ladder[c.lo].Name, c.ladder[c.hi].Name), w)
+	}
+}
+
+// updatePath refreshes the passive estimate.
+func (c *Controller) updatePath(now time.Time, ls LinkSample) {
+	p := c.path
+	p.When, p.Source = now, "passive"
+	if l := c.linkEstimate(); l > 0 {
+		p.Bandwidth = math.Min(l, maxBandwidth)
+	}
+	if ls.RTT > 0 {
+		p.RTT = ls.RTT
+	}
+	if ls.CountersOK && c.countersOK {
+		ds := ls.Counters.SegmentsSent - c.counters0.SegmentsSent
+		if ls.Counters.SegmentsSent >= c.counters0.SegmentsSent+minLossSegments && ls.Counters.Retransmitted >= c.counters0.Retransmitted {
+			p.Loss = math.Min(float64(ls.Counters.Retransmitted-c.counters0.Retransmitted)/float64(ds), 1)
+			c.counters0 = ls.Counters
+		}
+	} else if ls.CountersOK {
+		c.counters0, c.countersOK = ls.Counters, true
+	}
+	c.path = p
+}
+
+// recommend updates the stream-count recommendation. The transport may
+// not be able to change its connections mid-session, so this is only
+// recorded and logged. Like the mode, it has hysteresis: a new count must
+// differ from the current recommendation by at least two connections and
+// a quarter, for the classifier's hold time.
+func (c *Controller) recommend(now time.Time, w Window) {
+	lim, maxStreams := c.cfg.Settings.Limits, c.cfg.Settings.MaxStreams
+	if lim == (SocketLimits{}) {
+		lim = ReadSocketLimitsCached()
+	}
+	if maxStreams <= 0 {
+		maxStreams = 16
+	}
+	rec := recommendStreams(c.mode, c.path, lim, int(c.workers), maxStreams)
+	if d := abs(rec - c.recStreams); d < 2 || 4*d < c.recStreams {
+		c.recSince = time.Time{}
+		return
+	}
+	if c.recSince.IsZero() {
+		c.recSince = now
+	}
+	if now.Sub(c.recSince) < c.class.t.Hold {
+		return
+	}
+	old := c.recStreams
+	c.recStreams, c.recSince = rec, time.Time{}
+	c.record(Decision{At: now, Batch: c.batches, Kind: KindStreams, From: fmt.Sprint(old), To: fmt.Sprint(rec),
+		Choice: c.ladder[c.cur].Choice, Mode: c.mode, Streams: rec,
+		Reason: fmt.Sprintf("session has %d data connections; path %v suggests %d", c.streams, c.path, rec), Window: w})
+}
+
+func abs(x int) int {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
+
+var (
+	limitsOnce sync.Once
+	limits     SocketLimits
+)
+
+// ReadSocketLimitsCached reads the kernel's limits once per process.
+func ReadSocketLimitsCached() SocketLimits {
+	limitsOnce.Do(func() { limits = ReadSocketLimits() })
+	return limits
+}
+
+func (c *Controller) record(d Decision) {
+	if len(c.log) >= c.cfg.MaxLog {
+		n := copy(c.log, c.log[1:])
+		c.log = c.log[:n]
+		c.dropped++
+	}
+	c.log = append(c.log, d)
+	if c.cfg.OnDecision != nil {
+		c.cfg.OnDecision(d)
+	}
+}
+
+// Decisions returns a copy of the decision log, oldest first.
+func (c *Controller) Decisions() []Decision {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Decision(nil), c.log...)
+}
+
+// Status returns a live view for progress output.
+func (c *Controller) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return Status{
+		Mode: c.mode, Step: c.ladder[c.cur].Name, Choice: c.ladder[c.cur].Choice, Path: c.path,
+		Streams: c.recStreams, Batches: c.batches, Decisions: len(c.log) + c.dropped, Dropped: c.dropped,
+		LastWindow: c.last,
+	}
+}
+
+// Path returns the passive estimate of the path, to store in a Cache when
+// the session ends.
+func (c *Controller) Path() Path {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.path
+}
+
+// Summary is the decision log as text for a migration's final report.
+func (c *Controller) Summary() string {
+	st := c.Status()
+	var b strings.Builder
+	fmt.Fprintf(&b, "mode %v, final level %s, %d batches, path %v\n", st.Mode, st.Step, st.Batches, st.Path)
+	if st.Dropped > 0 {
+		fmt.Fprintf(&b, "(%d older decisions dropped)\n", st.Dropped)
+	}
+	for _, d := range c.Decisions() {
+		b.WriteString(d.String())
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
