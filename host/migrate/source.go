@@ -257,4 +257,3 @@ func (c *convergence) observe(st hypervisor.Status) string {
 	}
 	return ""
 }
-

@@ -71,7 +71,7 @@ func TestCraftedBatches(t *testing.T) {
 		c := newCraft(0).params(2, 1, 2)
 		c.raw(kindBlock).uv(1).raw('a')
 		c.raw(kindFull|flagIndex|flagAddr).uv(0, zigzag(5)).raw(p1...)
-		c.raw(kindFull|flagIndex|flagAddr|flagSameBlock).uv(0).raw(p2...)
+		c.raw(kindFull | flagIndex | flagAddr | flagSameBlock).uv(0).raw(p2...)
 		return c.want(p1, p2)
 	}
 	cases := []struct {
@@ -82,7 +82,7 @@ func TestCraftedBatches(t *testing.T) {
 		{"valid start", []*craft{start()}, nil},
 		{"dup newest and oldest", []*craft{start().raw(kindDup).uv(1).raw(kindDup).uv(2).want(p2, p1)}, nil},
 		{"delta across batches", []*craft{start(), newCraft(1).raw(kindDelta|flagAddr).uv(0, zigzag(5), 3, 10, 1, 0x55).want(p1x)}, nil},
-		{"dup after eviction", []*craft{start().raw(kindFull | flagIndex).raw(p3...).raw(kindDup).uv(2).want(p3, p2)}, nil},
+		{"dup after eviction", []*craft{start().raw(kindFull|flagIndex).raw(p3...).raw(kindDup).uv(2).want(p3, p2)}, nil},
 		{"no params", []*craft{newCraft(0).raw(kindOpaque).uv(1).raw(9).want([]byte{9})}, ErrCorrupt},
 		{"empty first batch", []*craft{newCraft(0)}, ErrCorrupt},
 		{"params twice", []*craft{start().params(2, 1, 2)}, ErrCorrupt},
@@ -95,7 +95,7 @@ func TestCraftedBatches(t *testing.T) {
 		{"params truncated", []*craft{newCraft(0).raw(kindParams).uv(PageSize, 1)}, ErrCorrupt},
 		{"unknown kind", []*craft{start().raw(0x1f)}, ErrCorrupt},
 		{"kind zero", []*craft{start().raw(0)}, ErrCorrupt},
-		{"flags on opaque", []*craft{start().raw(kindOpaque|flagIndex).uv(1).raw(1).want([]byte{1})}, ErrCorrupt},
+		{"flags on opaque", []*craft{start().raw(kindOpaque | flagIndex).uv(1).raw(1).want([]byte{1})}, ErrCorrupt},
 		{"empty opaque", []*craft{start().raw(kindOpaque).uv(0)}, ErrCorrupt},
 		{"opaque past section", []*craft{start().raw(kindOpaque).uv(100).raw(1, 2, 3)}, ErrCorrupt},
 		{"opaque past declared length", func() []*craft {
@@ -125,9 +125,9 @@ func TestCraftedBatches(t *testing.T) {
 		}(), nil},
 		{"dup distance 0", []*craft{start().raw(kindDup).uv(0).want(p1)}, ErrUnknownBase},
 		{"dup past ring", []*craft{start().raw(kindDup).uv(3).want(p1)}, ErrUnknownBase},
-		{"dup evicted", []*craft{start().raw(kindFull | flagIndex).raw(p3...).raw(kindDup).uv(3).want(p3, p1)}, ErrUnknownBase},
+		{"dup evicted", []*craft{start().raw(kindFull|flagIndex).raw(p3...).raw(kindDup).uv(3).want(p3, p1)}, ErrUnknownBase},
 		{"dup on empty ring", []*craft{newCraft(0).params(2, 0, 0).raw(kindDup).uv(1).want(p1)}, ErrUnknownBase},
-		{"dup with index flag", []*craft{start().raw(kindDup|flagIndex).uv(1).want(p2)}, ErrCorrupt},
+		{"dup with index flag", []*craft{start().raw(kindDup | flagIndex).uv(1).want(p2)}, ErrCorrupt},
 		{"index without ring", []*craft{newCraft(0).params(0, 0, 0).raw(kindFull | flagIndex).raw(p1...).want(p1)}, ErrCorrupt},
 		{"address without cache", []*craft{newCraft(0).params(0, 0, 0).raw(kindBlock).uv(1).raw('a').raw(kindFull|flagAddr).uv(0, 0).raw(p1...).want(p1)}, ErrCorrupt},
 		{"delta without address", []*craft{start().raw(kindDelta).uv(0).want(p1)}, ErrCorrupt},
@@ -135,7 +135,7 @@ func TestCraftedBatches(t *testing.T) {
 		{"delta evicted", []*craft{start().raw(kindFull|flagAddr|flagSameBlock).uv(0).raw(p3...).raw(kindDelta|flagAddr).uv(0, zigzag(^uint64(2)), 0).want(p3, p1)}, ErrUnknownBase},
 		{"delta span past page", []*craft{start().raw(kindDelta|flagAddr).uv(0, zigzag(^uint64(1)), 4).raw(0xff, 0x1f, 2, 1).want(p1)}, ErrCorrupt},
 		{"delta length past section", []*craft{start().raw(kindDelta|flagAddr).uv(0, zigzag(^uint64(1)), 50, 0, 1).want(p1)}, ErrCorrupt},
-		{"same block in a fresh batch", []*craft{start(), newCraft(1).raw(kindFull|flagAddr|flagSameBlock).uv(5).raw(p1...).want(p1)}, ErrCorrupt},
+		{"same block in a fresh batch", []*craft{start(), newCraft(1).raw(kindFull | flagAddr | flagSameBlock).uv(5).raw(p1...).want(p1)}, ErrCorrupt},
 		{"same block without address", []*craft{start().raw(kindFull | flagSameBlock).raw(p1...).want(p1)}, ErrCorrupt},
 		{"undefined block", []*craft{start().raw(kindFull|flagAddr).uv(1, 0).raw(p1...).want(p1)}, ErrCorrupt},
 		{"block index truncated", []*craft{start().raw(kindFull|flagAddr, 0x80)}, ErrCorrupt},
@@ -247,8 +247,8 @@ func TestCorruptedSessions(t *testing.T) {
 	want, _ := decodeAll(t, batches, DecoderOptions{})
 	r := rand.New(rand.NewPCG(7, 7))
 	mutations := 400
-	if testing.Short() {
-		mutations = 50
+	if testing.Short() || raceEnabled {
+		mutations = 100
 	}
 	failed := 0
 	for m := range mutations {

@@ -40,7 +40,9 @@ type Encoder struct {
 	index   dedupIndex
 	cache   deltaCache
 	scratch []byte // delta spans of the current page
-	stats   Stats
+	// storedBelow is IncompressibleBits as a sampleSum limit.
+	storedBelow uint64
+	stats       Stats
 }
 
 // NewEncoder starts a session. Its first batch carries the session's
@@ -55,7 +57,8 @@ func NewEncoder(opts Options) (*Encoder, error) {
 		disabled: o.Disabled,
 		blocks:   make(map[string]uint32),
 		// A delta overshoots its limit by at most one span.
-		scratch: make([]byte, 0, 2*PageSize),
+		scratch:     make([]byte, 0, 2*PageSize),
+		storedBelow: entropyLimit(o.IncompressibleBits),
 	}
 	e.index.init(o.DedupEntries)
 	sets, ways := deltaGeometry(o.DeltaCacheBytes)
@@ -128,9 +131,12 @@ func (e *Encoder) AddPage(block string, addr uint64, page []byte) {
 	}
 	var bi uint32
 	pfn := pageNumber(addr)
-	useAddr := false
+	var base []byte
+	cached, useAddr := false, false
 	if on&Delta != 0 && e.cache.enabled() {
-		bi, useAddr = e.blockIndex(block)
+		if bi, useAddr = e.blockIndex(block); useAddr {
+			base, cached = e.cache.lookup(bi, pfn)
+		}
 	}
 
 	if useIndex {
@@ -150,23 +156,21 @@ func (e *Encoder) AddPage(block string, addr uint64, page []byte) {
 		e.stats.Pages[PageKnown]++
 		return
 	}
-	if useAddr {
-		if base, ok := e.cache.lookup(bi, pfn); ok {
-			spans, ok := appendDelta(e.scratch[:0], base, page, e.opts.DeltaMaxBytes)
-			e.scratch = spans[:0]
-			if ok {
-				e.pageHead(kindDelta, useIndex, true, bi, pfn)
-				c := binary.AppendUvarint(e.cur.Compressible, uint64(len(spans)))
-				e.cur.Compressible = append(c, spans...)
-				e.remember(page, h, useIndex, true, bi, pfn)
-				e.stats.Pages[PageDelta]++
-				e.stats.DeltaBytes += uint64(len(spans))
-				return
-			}
-			e.stats.DeltaRejected++
+	if cached {
+		spans, ok := appendDelta(e.scratch[:0], base, page, e.opts.DeltaMaxBytes)
+		e.scratch = spans[:0]
+		if ok {
+			e.pageHead(kindDelta, useIndex, true, bi, pfn)
+			c := binary.AppendUvarint(e.cur.Compressible, uint64(len(spans)))
+			e.cur.Compressible = append(c, spans...)
+			e.remember(page, h, useIndex, true, bi, pfn)
+			e.stats.Pages[PageDelta]++
+			e.stats.DeltaBytes += uint64(len(spans))
+			return
 		}
+		e.stats.DeltaRejected++
 	}
-	if on&Incompressible != 0 && sampleEntropy(page) > e.opts.IncompressibleBits {
+	if on&Incompressible != 0 && sampleSum(page) < e.storedBelow {
 		e.pageHead(kindStored, useIndex, useAddr, bi, pfn)
 		e.cur.Stored = append(e.cur.Stored, page...)
 		e.stats.Pages[PageStored]++

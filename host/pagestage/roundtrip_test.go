@@ -2,6 +2,7 @@ package pagestage
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -354,5 +355,31 @@ func TestNoAllocationsPerPage(t *testing.T) {
 	}
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Pages of blocks the table cannot name (a name QEMU cannot write, or past
+// the table's bound) travel without an address, so never as deltas.
+func TestBlockTableLimits(t *testing.T) {
+	w := &workload{}
+	long := string(bytes.Repeat([]byte{'x'}, maxBlockName+1))
+	page := testPage(9)
+	add := func(block string) {
+		start := len(w.raw)
+		w.raw = append(w.raw, page...)
+		w.items = append(w.items, item{block: block, bytes: w.raw[start:len(w.raw):len(w.raw)]})
+		w.pages++
+		binary.LittleEndian.PutUint32(page, uint32(w.pages))
+	}
+	for range 3 { // the same pages again: deltas where an address is carried
+		for i := range maxBlocks + 5 {
+			add(fmt.Sprint("b", i))
+		}
+		add(long)
+		add("")
+	}
+	s := roundTrip(t, w, Options{}, DecoderOptions{}, 1<<20)
+	if s.Pages[PageDelta] != 2*maxBlocks {
+		t.Fatalf("%d deltas, want %d (named blocks only): %v", s.Pages[PageDelta], 2*maxBlocks, s)
 	}
 }

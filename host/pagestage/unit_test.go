@@ -3,6 +3,7 @@ package pagestage
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 
@@ -157,8 +158,8 @@ func TestDeltaCacheLRU(t *testing.T) {
 			t.Fatal("eviction before the set is full")
 		}
 	}
-	if _, ev := c.put(0, 0); ev { // refresh page 0: page 1 is now oldest
-		t.Fatal("refreshing evicted")
+	if _, ev := c.put(0, 0); ev { // re-store page 0: page 1 is now the oldest
+		t.Fatal("re-storing evicted")
 	}
 	if _, ev := c.put(1, 1); !ev { // same page number, other block
 		t.Fatal("no eviction when full")
@@ -198,7 +199,7 @@ func TestSampleEntropy(t *testing.T) {
 		t.Fatalf("zero page: %v bits", e)
 	}
 	g.fillRandom(p)
-	if e := sampleEntropy(p); e < 7.7 {
+	if e := sampleEntropy(p); e < 7.1 || e > 7.5 {
 		t.Fatalf("random page: %v bits", e)
 	}
 	g.fillText(p)
@@ -212,8 +213,21 @@ func TestSampleEntropy(t *testing.T) {
 	for i := range p {
 		p[i] = byte(i)
 	}
-	if e := sampleEntropy(p); e != 7 { // 128 distinct values, 8 each
+	if e := sampleEntropy(p); e != 5 { // 32 distinct values, 8 of each
 		t.Fatalf("sawtooth page: %v bits", e)
+	}
+	for i := range p {
+		p[i] = byte(i % 256 / 8 * 8)
+	}
+	if e := sampleEntropy(p); math.Abs(e-2) > 1e-4 { // 4 values in each 32-byte run
+		t.Fatalf("stepped page: %v bits", e)
+	}
+	if entropyLimit(8) != 0 || entropyLimit(9) != 0 {
+		t.Fatal("a threshold the sample cannot reach still stores pages")
+	}
+	g.fillRandom(p)
+	if sampleSum(p) >= entropyLimit(DefaultIncompressibleBits) {
+		t.Fatal("random page not under the default limit")
 	}
 }
 

@@ -312,3 +312,5 @@ func genHot(seed uint64, hot, steps int) *workload {
 	}
 	return w
 }
+
+func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 0x5eed)) }

@@ -29,7 +29,7 @@ func (s *Session) readLoop(ep *epoch, c *wconn) {
 				break
 			}
 		}
-		if err = s.readFrame(ep, c, hb[:], &h); err != nil {
+		if err = s.readFrame(ep, c, c.tls, hb[:], &h); err != nil {
 			break
 		}
 	}
@@ -50,8 +50,10 @@ func (s *Session) readLoop(ep *epoch, c *wconn) {
 	}
 }
 
-func (s *Session) readFrame(ep *epoch, c *wconn, hb []byte, h *header) error {
-	if _, err := io.ReadFull(c.tls, hb); err != nil {
+// readFrame reads, checks and files one frame from r, which is c's TLS
+// stream (a plain reader in the fuzz test).
+func (s *Session) readFrame(ep *epoch, c *wconn, r io.Reader, hb []byte, h *header) error {
+	if _, err := io.ReadFull(r, hb); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
 			return fmt.Errorf("read frame header: truncated: %w", err)
 		}
@@ -73,7 +75,7 @@ func (s *Session) readFrame(ep *epoch, c *wconn, hb []byte, h *header) error {
 			return fmt.Errorf("message %d on %s lane: length %d, limit %d: %w", h.seq, laneName(h.lane), h.length, in.maxMsg, ErrTooLarge)
 		}
 		buf := getBuffer(int(h.length))
-		if n, err := io.ReadFull(c.tls, buf.b); err != nil {
+		if n, err := io.ReadFull(r, buf.b); err != nil {
 			buf.release()
 			return fmt.Errorf("message %d: truncated after %d of %d payload bytes: %w", h.seq, n, h.length, err)
 		}
@@ -84,7 +86,7 @@ func (s *Session) readFrame(ep *epoch, c *wconn, hb []byte, h *header) error {
 		return s.onData(h, buf)
 	case frameGoaway:
 		text := make([]byte, h.length)
-		if _, err := io.ReadFull(c.tls, text); err != nil {
+		if _, err := io.ReadFull(r, text); err != nil {
 			return fmt.Errorf("GOAWAY: truncated: %w", err)
 		}
 		if crc := frameCRC(hb, text); crc != h.crc {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/dwcp/dwcp/host/internal/pb/transportv1"
@@ -19,7 +20,7 @@ type dialer struct {
 	dial    DialFunc
 	cfg     effective
 	streams int
-	hook    func(stream int, hello *pb.Hello) // tests: observe Hellos
+	hook    atomic.Pointer[func(stream int, hello *pb.Hello)] // tests observe Hellos
 }
 
 // Dial opens a session to the listener at cfg.Addr: a control connection
@@ -123,6 +124,11 @@ func (d *dialer) connect(ctx context.Context, stream int, mk func(tls.Connection
 	raw := &countConn{Conn: nc}
 	fail := func(err error) (*wconn, *pb.Welcome, error) {
 		raw.Close()
+		if ctx.Err() != nil {
+			// The deadline or cancellation is the cause; the i/o error
+			// it provoked says less.
+			err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+		}
 		return nil, nil, err
 	}
 	if dl, ok := ctx.Deadline(); ok {
@@ -138,8 +144,8 @@ func (d *dialer) connect(ctx context.Context, stream int, mk func(tls.Connection
 	if err != nil {
 		return fail(fmt.Errorf("transport: dial %s: %w", d.addr, err))
 	}
-	if d.hook != nil {
-		d.hook(stream, hello)
+	if h := d.hook.Load(); h != nil {
+		(*h)(stream, hello)
 	}
 	if err := writeHandshake(tc, hello); err != nil {
 		return fail(fmt.Errorf("transport: dial %s: %w", d.addr, classifyTLS(err)))

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 
 	pb "github.com/dwcp/dwcp/host/internal/pb/transportv1"
 )
@@ -158,6 +159,10 @@ func classifyTLS(err error) error {
 	var op *net.OpError
 	switch {
 	case errors.As(err, &cv), errors.As(err, &ua), errors.As(err, &ci), errors.As(err, &hn):
+		return fmt.Errorf("%w: %w", ErrAuth, err)
+	case strings.Contains(err.Error(), "didn't provide a certificate"):
+		// crypto/tls has no type for it. A dialer whose certificate is
+		// not from a CA the listener names sends none at all.
 		return fmt.Errorf("%w: %w", ErrAuth, err)
 	case errors.As(err, &op) && op.Op == "remote error":
 		// The peer's TLS stack sent an alert: in TLS 1.3 that is how a

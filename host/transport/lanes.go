@@ -221,6 +221,8 @@ func (l *recvLane) setFin(seq uint64) error {
 	return nil
 }
 
+// releaseAll drops every held message; the lane then holds nothing and
+// delivers nothing more.
 func (l *recvLane) releaseAll() {
 	for i := range l.slots {
 		if l.slots[i].buf != nil {
@@ -229,4 +231,5 @@ func (l *recvLane) releaseAll() {
 		l.slots[i] = inSlot{}
 	}
 	l.held = 0
+	l.next = l.consumed + 1
 }

@@ -177,8 +177,9 @@ func (l *Listener) acceptLoop() {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			defer func() { <-l.sem }()
-			if err := l.handshake(nc); err != nil {
+			err := l.handshake(nc)
+			<-l.sem
+			if err != nil {
 				l.mu.Lock()
 				l.st.HandshakeErrors++
 				l.mu.Unlock()
@@ -274,6 +275,11 @@ func (l *Listener) open(c *wconn, peer string, version uint32, hello *pb.Hello, 
 	}
 	s := newSession(false, id, peer, version, hello.GetCapabilities(), key, eff, int(o.GetStreams()), limitsOf(o.GetLimits()))
 	s.ln = l
+	// The epoch exists before the Welcome leaves: the dialer attaches its
+	// data connections the moment it reads it.
+	ep := newEpoch(1)
+	s.epochNum = 1
+	s.installEpochLocked(ep)
 	l.mu.Lock()
 	switch {
 	case l.closed:
@@ -299,10 +305,7 @@ func (l *Listener) open(c *wconn, peer string, version uint32, hello *pb.Hello, 
 		return false, fmt.Errorf("transport: welcome to %s: %w", peer, err)
 	}
 	c.raw.SetDeadline(time.Time{})
-	ep := newEpoch(1)
 	s.mu.Lock()
-	s.epochNum = 1
-	s.installEpochLocked(ep)
 	s.startConnLocked(ep, c)
 	s.mu.Unlock()
 	go s.superviseListener()
@@ -386,19 +389,20 @@ func (s *Session) attachControl(c *wconn, version uint32, a *pb.Attach) (bool, e
 		return false, refuse(c.tls, pb.RefusalCode_REFUSAL_CODE_BAD_REQUEST, "%v", err)
 	}
 	received := s.receivedLocked()
+	// Installed before the Welcome leaves, so that data connections of
+	// the new epoch find it; its control connection starts after.
+	ep := newEpoch(num)
+	s.installEpochLocked(ep)
 	s.mu.Unlock()
 	w := &pb.Welcome{Version: version, Capabilities: ourCaps(), SessionId: s.id[:], Received: received}
 	if err := writeHandshake(c.tls, w); err != nil {
-		return false, fmt.Errorf("transport: welcome (resume) to %s: %w", s.peerName, err)
+		err = fmt.Errorf("transport: welcome (resume) to %s: %w", s.peerName, err)
+		s.linkError(ep, err)
+		return false, err
 	}
 	c.raw.SetDeadline(time.Time{})
-	ep := newEpoch(num)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil || s.epochNum != num {
-		return false, fmt.Errorf("transport: resume of session %x: epoch %d superseded", s.id[:4], num)
-	}
-	s.installEpochLocked(ep)
 	if err := s.startConnLocked(ep, c); err != nil {
 		return true, err
 	}

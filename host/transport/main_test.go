@@ -136,37 +136,67 @@ func (e *env) pair() (cli, srv *Session) {
 	return cli, r.s
 }
 
-// message builds message i of a stream: its index, then bytes that depend
-// on (stream, i), so the receiver can check every byte without a copy of
-// what was sent.
+// Test messages: message i of a stream is one of 97 random bodies of
+// random sizes (picked by i), with i in its first 8 bytes, so the receiver
+// can check every byte and the order without a copy of what was sent, and
+// the test spends its CPU on the transport rather than on making data.
+const setSize = 97
+
+var (
+	setsMu sync.Mutex
+	sets   = map[[2]uint64][][]byte{}
+)
+
+func msgSet(stream uint64, maxSize int) [][]byte {
+	setsMu.Lock()
+	defer setsMu.Unlock()
+	key := [2]uint64{stream, uint64(maxSize)}
+	if m, ok := sets[key]; ok {
+		return m
+	}
+	r := rand.New(rand.NewPCG(stream, uint64(maxSize)))
+	m := make([][]byte, setSize)
+	for k := range m {
+		n := 8 + r.IntN(maxSize-8+1)
+		if r.IntN(8) == 0 {
+			n = 8 + r.IntN(64) // plenty of small ones too
+		}
+		b := make([]byte, n)
+		j := 8
+		for ; j+8 <= n; j += 8 {
+			binary.LittleEndian.PutUint64(b[j:], r.Uint64())
+		}
+		for v := r.Uint64(); j < n; j++ {
+			b[j] = byte(v)
+			v >>= 8
+		}
+		m[k] = b
+	}
+	sets[key] = m
+	return m
+}
+
+// message returns message i of stream in a fresh slice.
 func message(stream uint64, i uint64, maxSize int) []byte {
-	r := rand.New(rand.NewPCG(stream, i))
-	n := 8 + r.IntN(maxSize-8+1)
-	if r.IntN(8) == 0 {
-		n = 8 + r.IntN(64) // plenty of small ones too
-	}
-	b := make([]byte, n)
-	binary.BigEndian.PutUint64(b, i)
-	j := 8
-	for ; j+8 <= n; j += 8 {
-		binary.LittleEndian.PutUint64(b[j:], r.Uint64())
-	}
-	for v := r.Uint64(); j < n; j++ {
-		b[j] = byte(v)
-		v >>= 8
-	}
-	return b
+	return appendMessage(nil, stream, i, maxSize)
+}
+
+func appendMessage(dst []byte, stream uint64, i uint64, maxSize int) []byte {
+	b := msgSet(stream, maxSize)[i%setSize]
+	dst = append(dst[:0], b...)
+	binary.BigEndian.PutUint64(dst, i)
+	return dst
 }
 
 func checkMessage(stream, i uint64, maxSize int, got []byte) error {
-	want := message(stream, i, maxSize)
+	want := msgSet(stream, maxSize)[i%setSize]
 	if len(got) != len(want) {
-		return errors.New("length differs from what was sent")
+		return fmt.Errorf("length %d differs from the %d bytes sent", len(got), len(want))
 	}
-	if binary.BigEndian.Uint64(got) != i {
-		return errors.New("out of order: index differs")
+	if idx := binary.BigEndian.Uint64(got); idx != i {
+		return fmt.Errorf("out of order: got message %d", idx)
 	}
-	if !bytes.Equal(got, want) {
+	if !bytes.Equal(got[8:], want[8:]) {
 		return errors.New("content differs from what was sent")
 	}
 	return nil
@@ -174,8 +204,10 @@ func checkMessage(stream, i uint64, maxSize int, got []byte) error {
 
 // sendN sends count messages of stream on the bulk lane, then CloseWrite.
 func sendN(ctx context.Context, s *Session, stream uint64, count int, maxSize int) error {
+	var buf []byte
 	for i := range count {
-		if err := s.Send(ctx, message(stream, uint64(i), maxSize)); err != nil {
+		buf = appendMessage(buf, stream, uint64(i), maxSize)
+		if err := s.Send(ctx, buf); err != nil {
 			return err
 		}
 	}
@@ -185,8 +217,10 @@ func sendN(ctx context.Context, s *Session, stream uint64, count int, maxSize in
 // recvAll receives until io.EOF and checks every message.
 func recvAll(ctx context.Context, s *Session, stream uint64, maxSize int) (int, error) {
 	n := 0
+	var m []byte
 	for {
-		m, err := s.Recv(ctx)
+		var err error
+		m, err = s.RecvAppend(ctx, m[:0])
 		if errors.Is(err, io.EOF) {
 			return n, nil
 		}
@@ -199,7 +233,6 @@ func recvAll(ctx context.Context, s *Session, stream uint64, maxSize int) (int, 
 		n++
 	}
 }
-
 
 // group runs functions and returns the first error (errgroup without the
 // dependency).

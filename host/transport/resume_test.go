@@ -31,8 +31,15 @@ func TestResumeUnderCuts(t *testing.T) {
 		stream := uint64(k + 1)
 		g.Go(func() error {
 			i := 0
+			var buf []byte
 			for ; !stop.Load(); i++ {
-				if err := s.Send(ctx, message(stream, uint64(i), maxSize)); err != nil {
+				if i%8 == 7 {
+					// About 80 MB/s per side: plenty in flight at every
+					// cut without hogging a shared machine.
+					time.Sleep(2 * time.Millisecond)
+				}
+				buf = appendMessage(buf, stream, uint64(i), maxSize)
+				if err := s.Send(ctx, buf); err != nil {
 					return fmt.Errorf("side %d send %d: %w", k, i, err)
 				}
 				if i%10 == 0 {
@@ -75,29 +82,41 @@ func TestResumeUnderCuts(t *testing.T) {
 		})
 	}
 	r := rand.New(rand.NewPCG(1, 2))
+	var lastCut time.Time
+	var resumeTimes []time.Duration
 	for i := range 20 {
 		// Wait for the session to be whole again (the previous resume
 		// done on both sides), so that every cut hits a running transfer.
-		for cli.Stats().Connections != 5 || srv.Stats().Connections != 5 || cli.Stats().Epoch != uint64(i+1) {
+		for cli.Stats().Connections != 5 || srv.Stats().Connections != 5 || cli.Stats().Reconnects != uint64(i) {
 			if ctx.Err() != nil {
 				t.Fatalf("cut %d: session not resumed: client %+v", i, cli.Stats())
 			}
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(time.Millisecond)
+		}
+		if i > 0 {
+			resumeTimes = append(resumeTimes, time.Since(lastCut))
 		}
 		time.Sleep(time.Duration(100+r.IntN(200)) * time.Millisecond)
 		px.cut()
+		lastCut = time.Now()
 	}
+	t.Logf("cut to resumed: %v", resumeTimes)
 	time.Sleep(200 * time.Millisecond)
 	stop.Store(true)
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
+	// The dialer counts a resume once its last data connection is up,
+	// which can be a moment after traffic resumed.
+	for cli.Stats().Reconnects < 20 && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
 	cs, ss := cli.Stats(), srv.Stats()
 	t.Logf("sent %d / %d messages; client %d reconnects, %d failed attempts, %d retransmitted messages (%d B), %d duplicates; server %d reconnects, %d retransmitted, %d duplicates",
 		sent[0].Load(), sent[1].Load(), cs.Reconnects, cs.ResumeFailures, cs.RetransmittedMessages, cs.RetransmittedBytes,
 		cs.DuplicatesDropped, ss.Reconnects, ss.RetransmittedMessages, ss.DuplicatesDropped)
-	if cs.Reconnects != 20 || ss.Reconnects != 20 {
-		t.Errorf("reconnects: client %d, server %d; want 20 (one per cut)", cs.Reconnects, ss.Reconnects)
+	if cs.Reconnects != 20 || ss.Reconnects < 20 {
+		t.Errorf("reconnects: client %d, server %d; want 20 (one per cut; the listener also counts resumes that a cut interrupted)", cs.Reconnects, ss.Reconnects)
 	}
 	if cs.Epoch != ss.Epoch {
 		t.Errorf("epochs differ: client %d, server %d", cs.Epoch, ss.Epoch)
@@ -179,7 +198,12 @@ func TestResumeAfterShortOutage(t *testing.T) {
 			t.Fatalf("message %d: %v", i, err)
 		}
 	}
-	if st := cli.Stats(); st.Reconnects == 0 {
-		t.Error("no reconnect counted")
+	// The dialer counts the resume once its last data connection is up,
+	// which may be just after the first messages flowed.
+	for cli.Stats().Reconnects == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("no reconnect counted")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -152,8 +152,8 @@ func newSession(isDialer bool, id [idSize]byte, peerName string, version uint32,
 
 // peerLimits are the receive limits the peer announced.
 type peerLimits struct {
-	maxMsg            int
-	winMsgs, priMsgs  int
+	maxMsg             int
+	winMsgs, priMsgs   int
 	winBytes, priBytes int64
 }
 
@@ -383,6 +383,11 @@ func (s *Session) Close() error {
 	s.mu.Unlock()
 	s.fail(ErrClosed, true)
 	<-s.supDone
+	s.mu.Lock()
+	for _, l := range s.in {
+		l.releaseAll()
+	}
+	s.mu.Unlock()
 	return nil
 }
 
@@ -504,15 +509,13 @@ func (s *Session) resumeSendLocked(received []uint64) error {
 	return nil
 }
 
-// releaseAll returns every pooled buffer the session still holds. Called
-// once no goroutine of the session is left.
+// releaseAll returns the send windows' pooled buffers once no goroutine
+// of the session is left. Received messages stay: Recv still hands out
+// what arrived intact before the session ended, until Close.
 func (s *Session) releaseAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, l := range s.out {
-		l.releaseAll()
-	}
-	for _, l := range s.in {
 		l.releaseAll()
 	}
 }

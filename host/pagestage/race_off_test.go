@@ -1,0 +1,5 @@
+//go:build !race
+
+package pagestage
+
+const raceEnabled = false
