@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sort"
 
 	"github.com/dwcp/dwcp/host/certs"
@@ -37,6 +38,8 @@ type Config struct {
 	Logger hclog.Logger
 	// PluginStderr receives a copy of every plugin's stderr (optional).
 	PluginStderr io.Writer
+	// Kinds limits the plugins started to these kinds (all when empty).
+	Kinds []sdk.Kind
 }
 
 // Agent is an opened host.
@@ -60,7 +63,11 @@ func Open(ctx context.Context, cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("load certificates for %q from %s: %w (create them with `dwcp certs init` and `dwcp certs issue`)", cfg.Name, cfg.CertsDir, err)
 		}
 	}
-	h, err := pluginhost.Open(ctx, pluginhost.Options{Dir: cfg.PluginDir, Logger: cfg.Logger.Named("plugins"), Stderr: cfg.PluginStderr})
+	var want func(sdk.Description) bool
+	if len(cfg.Kinds) > 0 {
+		want = func(d sdk.Description) bool { return slices.Contains(cfg.Kinds, d.Kind) }
+	}
+	h, err := pluginhost.Open(ctx, pluginhost.Options{Dir: cfg.PluginDir, Logger: cfg.Logger.Named("plugins"), Stderr: cfg.PluginStderr, Want: want})
 	if err != nil {
 		return nil, fmt.Errorf("open plugins: %w", err)
 	}

@@ -46,6 +46,10 @@ type Options struct {
 	// CallTimeout bounds each codec or accelerator call (see
 	// plugin.LaunchConfig).
 	CallTimeout time.Duration
+	// Want, when set, selects the plugins to start (after the describe
+	// stage); the others are left stopped, which saves their start-up
+	// for commands that do not need them.
+	Want func(sdk.Description) bool
 }
 
 // Host holds the running plugins of one directory.
@@ -96,6 +100,9 @@ func Open(ctx context.Context, opts Options) (*Host, error) {
 		proto, err := plugin.Negotiate(desc.ProtocolVersions, plugin.SupportedProtocols)
 		if err != nil {
 			h.skip(v, fmt.Errorf("plugin %s %s: %w", desc.Name, desc.Version, err))
+			continue
+		}
+		if opts.Want != nil && !opts.Want(desc) {
 			continue
 		}
 		p := &Plugin{host: h, entry: v, desc: desc, protocol: proto}

@@ -10,6 +10,7 @@ import (
 	"github.com/dwcp/dwcp/host/migrate"
 	"github.com/dwcp/dwcp/host/pipeline"
 	"github.com/dwcp/dwcp/host/transport"
+	"github.com/dwcp/dwcp/sdk"
 	"github.com/dwcp/dwcp/sdk/hypervisor"
 	"github.com/spf13/cobra"
 )
@@ -51,7 +52,7 @@ func newMigrateCommand() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			a, err := hf.open(ctx, cmd.ErrOrStderr())
+			a, err := hf.open(ctx, cmd.ErrOrStderr(), sdk.KindCodec, sdk.KindHypervisor)
 			if err != nil {
 				return err
 			}

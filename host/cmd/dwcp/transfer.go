@@ -16,6 +16,7 @@ import (
 	"github.com/dwcp/dwcp/host/migrate"
 	"github.com/dwcp/dwcp/host/pipeline"
 	"github.com/dwcp/dwcp/host/transport"
+	"github.com/dwcp/dwcp/sdk"
 	"github.com/dwcp/dwcp/sdk/codec"
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
@@ -44,13 +45,13 @@ func (h *hostFlags) register(cmd *cobra.Command) {
 	cmd.Flags().BoolVarP(&h.verbose, "verbose", "v", false, "log plugin and transport details to stderr")
 }
 
-func (h *hostFlags) open(ctx context.Context, stderr io.Writer) (*agent.Agent, error) {
+func (h *hostFlags) open(ctx context.Context, stderr io.Writer, kinds ...sdk.Kind) (*agent.Agent, error) {
 	level := hclog.Warn
 	if h.verbose {
 		level = hclog.Debug
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "dwcp", Level: level, Output: stderr})
-	return agent.Open(ctx, agent.Config{PluginDir: h.pluginDir, CertsDir: h.certsDir, Name: h.name, Logger: logger})
+	return agent.Open(ctx, agent.Config{PluginDir: h.pluginDir, CertsDir: h.certsDir, Name: h.name, Logger: logger, Kinds: kinds})
 }
 
 // sendSummary is what `dwcp send` reports.
@@ -105,7 +106,8 @@ func newSendCommand() *cobra.Command {
 				}
 				in = f
 			}
-			a, err := hf.open(ctx, cmd.ErrOrStderr())
+			// Accelerators are not used by the pipeline yet: do not start them.
+			a, err := hf.open(ctx, cmd.ErrOrStderr(), sdk.KindCodec)
 			if err != nil {
 				return err
 			}
@@ -250,7 +252,7 @@ func newServeCommand() *cobra.Command {
 			if err := os.MkdirAll(outDir, 0o755); err != nil {
 				return err
 			}
-			a, err := hf.open(ctx, cmd.ErrOrStderr())
+			a, err := hf.open(ctx, cmd.ErrOrStderr(), sdk.KindCodec, sdk.KindHypervisor)
 			if err != nil {
 				return err
 			}

@@ -307,16 +307,16 @@ func (e *Env) QEMU(ctx context.Context, src *testguest.VM, to *wanlab.Host, meth
 		return row, nil, err
 	}
 	fail := func(err error) (Row, *testguest.VM, error) { dst.Close(); return row, nil, err }
-	caps := map[string][]string{"xbzrle": {"xbzrle"}, "multifd-zstd": {"multifd"}}[method]
+	// Set every capability a method uses explicitly, on and off: the
+	// source VM may carry capabilities from its previous migration.
+	want := map[string]bool{"xbzrle": method == "xbzrle", "multifd": method == "multifd-zstd"}
 	for _, vm := range []*testguest.VM{src, dst} {
 		var list []map[string]any
-		for _, c := range caps {
-			list = append(list, map[string]any{"capability": c, "state": true})
+		for c, on := range want {
+			list = append(list, map[string]any{"capability": c, "state": on})
 		}
-		if len(list) > 0 {
-			if _, err := vm.QMP(ctx, "migrate-set-capabilities", map[string]any{"capabilities": list}); err != nil {
-				return fail(err)
-			}
+		if _, err := vm.QMP(ctx, "migrate-set-capabilities", map[string]any{"capabilities": list}); err != nil {
+			return fail(err)
 		}
 		if method == "multifd-zstd" {
 			if _, err := vm.QMP(ctx, "migrate-set-parameters", map[string]any{"multifd-compression": "zstd", "multifd-channels": 2}); err != nil {
