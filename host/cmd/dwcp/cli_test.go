@@ -80,8 +80,29 @@ func makeCerts(t *testing.T, bin, dir string) {
 type server struct {
 	cmd  *exec.Cmd
 	addr string
-	out  *bytes.Buffer
+	out  *syncBuffer
 	done chan error
+}
+
+// syncBuffer is a bytes.Buffer safe for the several goroutines that copy a
+// process's output into it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) WriteString(p string) (int, error) { return s.Write([]byte(p)) }
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func startServe(t *testing.T, bin, plugins, certs, outDir string) *server {
@@ -92,7 +113,7 @@ func startServe(t *testing.T, bin, plugins, certs, outDir string) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{cmd: cmd, out: &bytes.Buffer{}, done: make(chan error, 1)}
+	s := &server{cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = s.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -119,13 +140,17 @@ func startServe(t *testing.T, bin, plugins, certs, outDir string) *server {
 // cuttingProxy forwards TCP to target and closes every connection each
 // interval, cuts times.
 type cuttingProxy struct {
-	rate  int // bytes per second towards the server
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-	cuts  int
-	wg    sync.WaitGroup
-	stop  chan struct{}
+	rate      int // bytes per second towards the server, all connections together
+	sent      int
+	start     time.Time
+	first     chan struct{} // closed at the first connection
+	firstOnce sync.Once
+	ln        net.Listener
+	mu        sync.Mutex
+	conns     []net.Conn
+	cuts      int
+	wg        sync.WaitGroup
+	stop      chan struct{}
 }
 
 func newCuttingProxy(t *testing.T, target string, every time.Duration, cuts, rate int) *cuttingProxy {
@@ -134,7 +159,7 @@ func newCuttingProxy(t *testing.T, target string, every time.Duration, cuts, rat
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &cuttingProxy{ln: ln, stop: make(chan struct{}), rate: rate}
+	p := &cuttingProxy{ln: ln, stop: make(chan struct{}), rate: rate, start: time.Now(), first: make(chan struct{})}
 	p.wg.Add(2)
 	go func() {
 		defer p.wg.Done()
@@ -151,13 +176,21 @@ func newCuttingProxy(t *testing.T, target string, every time.Duration, cuts, rat
 			p.mu.Lock()
 			p.conns = append(p.conns, c, u)
 			p.mu.Unlock()
+			p.firstOnce.Do(func() { close(p.first) })
 			p.wg.Add(2)
-			go func() { defer p.wg.Done(); slowCopy(u, c, p.rate); u.Close() }()
+			go func() { defer p.wg.Done(); p.slowCopy(u, c); u.Close() }()
 			go func() { defer p.wg.Done(); io.Copy(c, u); c.Close() }()
 		}
 	}()
 	go func() {
 		defer p.wg.Done()
+		// Cutting starts with the first connection (the sender loads its
+		// plugins and measures the path first).
+		select {
+		case <-p.first:
+		case <-p.stop:
+			return
+		}
 		for i := 0; i < cuts; i++ {
 			select {
 			case <-p.stop:
@@ -179,19 +212,22 @@ func newCuttingProxy(t *testing.T, target string, every time.Duration, cuts, rat
 	return p
 }
 
-// slowCopy copies at about rate bytes per second, so that a transfer lasts
-// long enough to be cut many times.
-func slowCopy(dst io.Writer, src io.Reader, rate int) {
+// slowCopy copies towards the server at the proxy's shared rate, so that a
+// transfer lasts long enough to be cut many times, however many
+// connections the session opens.
+func (p *cuttingProxy) slowCopy(dst io.Writer, src io.Reader) {
 	buf := make([]byte, 16<<10)
-	start, sent := time.Now(), 0
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}
-			sent += n
-			if ahead := time.Duration(float64(sent)/float64(rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
+			p.mu.Lock()
+			p.sent += n
+			ahead := time.Duration(float64(p.sent)/float64(p.rate)*float64(time.Second)) - time.Since(p.start)
+			p.mu.Unlock()
+			if ahead > 0 {
 				time.Sleep(ahead)
 			}
 		}
@@ -250,7 +286,7 @@ func TestSendServeSurvivesRepeatedConnectionCuts(t *testing.T) {
 	makeCerts(t, bin, certs)
 	outDir := filepath.Join(dir, "out")
 	srv := startServe(t, bin, plugins, certs, outDir)
-	proxy := newCuttingProxy(t, srv.addr, 150*time.Millisecond, 20, 8<<20)
+	proxy := newCuttingProxy(t, srv.addr, 150*time.Millisecond, 20, 6<<20)
 	input := mixedFile(t, filepath.Join(dir, "state.bin"), 48<<20)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -45,7 +45,7 @@ type Env struct {
 	A, B    *wanlab.Host
 	dir     string
 	certs   string
-	serves  []*exec.Cmd
+	serves  map[*wanlab.Host]*exec.Cmd
 	waits   sync.WaitGroup
 	port    int
 	dwcpLog *bytes.Buffer
@@ -72,7 +72,7 @@ func New(ctx context.Context, cfg Config) (*Env, error) {
 		return nil, err
 	}
 	e := &Env{cfg: cfg, Lab: lab, A: lab.Host(0), B: lab.Host(1), port: servePort, dwcpLog: &bytes.Buffer{},
-		where: map[*testguest.VM]*wanlab.Host{}}
+		where: map[*testguest.VM]*wanlab.Host{}, serves: map[*wanlab.Host]*exec.Cmd{}}
 	if e.dir, err = os.MkdirTemp("", "dwcp-livelab-"); err != nil {
 		lab.Close()
 		return nil, err
@@ -89,11 +89,8 @@ func New(ctx context.Context, cfg Config) (*Env, error) {
 			return nil, fmt.Errorf("livelab: dwcp %s: %v\n%s", strings.Join(s, " "), err, out)
 		}
 	}
-	for _, h := range []struct {
-		host *wanlab.Host
-		name string
-	}{{e.A, "hosta"}, {e.B, "hostb"}} {
-		if err := e.startServe(ctx, h.host, h.name); err != nil {
+	for _, h := range []*wanlab.Host{e.A, e.B} {
+		if err := e.StartServe(ctx, h); err != nil {
 			e.Close()
 			return nil, err
 		}
@@ -101,7 +98,28 @@ func New(ctx context.Context, cfg Config) (*Env, error) {
 	return e, nil
 }
 
-func (e *Env) startServe(ctx context.Context, h *wanlab.Host, name string) error {
+func (e *Env) nameOf(h *wanlab.Host) string {
+	if h == e.A {
+		return "hosta"
+	}
+	return "hostb"
+}
+
+// KillServe SIGKILLs the dwcp serve of host h (a destination host dying).
+func (e *Env) KillServe(h *wanlab.Host) {
+	e.mu.Lock()
+	cmd := e.serves[h]
+	delete(e.serves, h)
+	e.mu.Unlock()
+	if cmd != nil && cmd.Process != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+}
+
+// StartServe starts dwcp serve on host h.
+func (e *Env) StartServe(ctx context.Context, h *wanlab.Host) error {
+	name := e.nameOf(h)
 	runDir := filepath.Join(e.dir, name+"-vms")
 	out := filepath.Join(e.dir, name+"-files")
 	for _, d := range []string{runDir, out} {
@@ -120,7 +138,9 @@ func (e *Env) startServe(ctx context.Context, h *wanlab.Host, name string) error
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("livelab: start dwcp serve on %s: %w", h.Name, err)
 	}
-	e.serves = append(e.serves, cmd)
+	e.mu.Lock()
+	e.serves[h] = cmd
+	e.mu.Unlock()
 	ready := make(chan error, 1)
 	e.waits.Add(1)
 	go func() {
@@ -162,11 +182,8 @@ func (e *Env) ServeLog() string {
 
 // Close stops the servers and removes the lab.
 func (e *Env) Close() {
-	for _, c := range e.serves {
-		if c.Process != nil {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
+	for _, h := range []*wanlab.Host{e.A, e.B} {
+		e.KillServe(h)
 	}
 	e.waits.Wait()
 	if e.Lab != nil {
@@ -242,9 +259,8 @@ func (e *Env) DWCP(ctx context.Context, src *testguest.VM, from, to *wanlab.Host
 	row := Row{Method: "dwcp " + mode, From: from.Name, To: to.Name}
 	beforeHB, _ := src.Heartbeat()
 	bytes0 := e.linkBytes(from, to)
-	names := map[*wanlab.Host]string{e.A: "hosta", e.B: "hostb"}
 	args := append([]string{"migrate", "--qmp", src.QMPPath(),
-		"--to", fmt.Sprintf("%s:%d", to.Addr, e.port), "--peer-name", names[to], "--name", names[from],
+		"--to", fmt.Sprintf("%s:%d", to.Addr, e.port), "--peer-name", e.nameOf(to), "--name", e.nameOf(from),
 		"--certs", e.certs, "--plugin-dir", e.cfg.PluginDir, "--mode", mode, "--json"}, extra...)
 	start := time.Now()
 	cmd := e.Lab.Command(from, e.cfg.Dwcp, args...)
@@ -266,7 +282,7 @@ func (e *Env) DWCP(ctx context.Context, src *testguest.VM, from, to *wanlab.Host
 	// The source's harness monitor was rewritten into the destination's
 	// run directory as qmp1.sock; the driver keeps qmp.sock.
 	runDir := filepath.Dir(sum.Destination)
-	dst, err := testguest.Attach(ctx, filepath.Join(runDir, "qmp1.sock"), filepath.Join(runDir, "serial.log"))
+	dst, err := testguest.Attach(ctx, filepath.Join(runDir, "qmp1.sock"), sum.Destination, filepath.Join(runDir, "serial.log"))
 	if err != nil {
 		return row, nil, err
 	}

@@ -1,0 +1,144 @@
+package livelab
+
+import (
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dwcp/dwcp/host/internal/testguest"
+	"github.com/dwcp/dwcp/host/wanlab"
+)
+
+// buildProduct builds dwcp and the plugins a migration needs, pinned.
+func buildProduct(t *testing.T) (dwcp, plugins string) {
+	t.Helper()
+	dir := t.TempDir()
+	plugins = filepath.Join(dir, "plugins")
+	root := filepath.Join("..", "..", "..")
+	builds := [][2]string{{filepath.Join(dir, "dwcp"), "./host/cmd/dwcp"}}
+	for _, p := range []string{"plugins/zstd", "plugins/s2", "plugins/lz4", "hypervisors/qemu"} {
+		builds = append(builds, [2]string{filepath.Join(plugins, "dwcp-plugin-"+filepath.Base(p)), "./" + p})
+	}
+	for _, b := range builds {
+		cmd := exec.Command("go", "build", "-o", b[0], b[1])
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", b[1], err, out)
+		}
+	}
+	if out, err := exec.Command(filepath.Join(dir, "dwcp"), "plugins", "pin", "--dir", plugins).CombinedOutput(); err != nil {
+		t.Fatalf("pin: %v\n%s", err, out)
+	}
+	return filepath.Join(dir, "dwcp"), plugins
+}
+
+// TestLiveMigration migrates a real guest (QEMU/TCG, 192 MiB, steady dirty
+// rate) between two WAN-lab hosts with the real dwcp binary and plugins:
+// through a 5 s link cut (must complete), with the destination host killed
+// mid-way (the source VM must keep running), and with a guest that cannot
+// converge on a throttled link (must be cancelled with a clear report).
+func TestLiveMigration(t *testing.T) {
+	g := testguest.Require(t)
+	wanlab.SkipUnlessAvailable(t)
+	dwcp, plugins := buildProduct(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	env, err := New(ctx, Config{Profile: "internet", Dwcp: dwcp, PluginDir: plugins,
+		Guest: testguest.Config{Guest: g, MemMiB: 192, DirtyKBps: 1024}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	vm, err := env.Boot(ctx, env.A)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { vm.Close() }()
+
+	t.Run("link cut of 5 s mid-migration", func(t *testing.T) {
+		env.Lab.Cut(time.Now().Add(4*time.Second), 5*time.Second)
+		row, dst, err := env.DWCP(ctx, vm, env.A, env.B, "auto")
+		if err != nil {
+			t.Fatalf("migration through a link cut failed: %v", err)
+		}
+		st, err := vm.Status(ctx)
+		if err != nil || st != "postmigrate" {
+			t.Errorf("source after a completed migration: %q %v, want postmigrate (stopped)", st, err)
+		}
+		t.Logf("%+v", row)
+		if row.WireBytes >= row.StreamBytes {
+			t.Errorf("%d bytes on the link for a %d-byte QEMU stream", row.WireBytes, row.StreamBytes)
+		}
+		vm.Close()
+		vm = dst
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("destination killed mid-migration", func(t *testing.T) {
+		hb0, _ := vm.Heartbeat()
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := env.DWCP(ctx, vm, env.B, env.A, "auto")
+			done <- err
+		}()
+		time.Sleep(5 * time.Second)
+		env.KillServe(env.A)
+		var err error
+		select {
+		case err = <-done:
+		case <-time.After(3 * time.Minute):
+			t.Fatal("dwcp migrate did not return after its destination died")
+		}
+		if err == nil {
+			t.Fatal("migration to a killed destination reported success")
+		}
+		t.Logf("dwcp migrate reported: %s", firstLines(err.Error(), 3))
+		st, serr := vm.Status(ctx)
+		if serr != nil || st != "running" {
+			t.Fatalf("source VM after the failed migration: %q %v, want running", st, serr)
+		}
+		wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+		defer wcancel()
+		if _, err := vm.WaitHeartbeat(wctx, hb0.N+3); err != nil {
+			t.Fatalf("source VM not responsive after the failed migration: %v", err)
+		}
+		if err := env.StartServe(ctx, env.A); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("non-convergence is reported and cancelled", func(t *testing.T) {
+		// 0.5 Mbit/s carries less than the guest dirties.
+		link := env.Lab.Profile().Link()
+		link.Rate = 500_000
+		if err := env.Lab.SetAll(link); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := env.DWCP(ctx, vm, env.B, env.A, "internet", "--converge", "none", "--max-time", "40s")
+		if err == nil {
+			t.Fatal("a migration that cannot converge reported success")
+		}
+		if !strings.Contains(err.Error(), "did not finish within") {
+			t.Fatalf("unclear report: %v", firstLines(err.Error(), 5))
+		}
+		t.Logf("dwcp migrate reported: %s", firstLines(err.Error(), 2))
+		st, serr := vm.Status(ctx)
+		if serr != nil || st != "running" {
+			t.Fatalf("source VM after the cancelled migration: %q %v, want running", st, serr)
+		}
+	})
+}
+
+func firstLines(s string, n int) string {
+	lines := strings.SplitN(s, "\n", n+1)
+	if len(lines) > n {
+		lines = lines[:n]
+	}
+	return strings.Join(lines, "\n")
+}
+
