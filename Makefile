@@ -43,6 +43,8 @@ test:
 		echo "== go test -race $$m"; \
 		(cd $$m && $(GO) test -race -timeout 20m ./...); \
 	done
+	@echo "== path probe in the WAN lab, without -race (it measures CPU-bound TLS throughput)"
+	$(GO) test -count=1 -run 'WANLab' ./host/modes/
 
 test-short:
 	@set -e; for m in $(MODULES); do (cd $$m && $(GO) test -short ./...); done

@@ -15,6 +15,13 @@ import (
 // it measures and how the path is classified. It skips when the lab cannot
 // run here (not root, no /dev/net/tun) unless DWCP_REQUIRE_ROOT_TESTS=1.
 func TestProbeInTheWANLab(t *testing.T) {
+	if raceEnabled {
+		// The probe measures what this process can push through TLS; the
+		// race detector slows that several times, so the dc profile's
+		// 4 Gbit/s cannot be probed. `make test` runs this test again
+		// without -race.
+		t.Skip("probe bandwidth is CPU-bound under -race; run without -race (make test does)")
+	}
 	wanlab.SkipUnlessAvailable(t)
 	metro := wanlab.Profile{Name: "metro", Description: "10 ms, 1 Gbit/s", RTT: 10 * time.Millisecond, Rate: wanlab.Gbps, MTU: 9000, QueueDelay: 10 * time.Millisecond}
 	for _, c := range []struct {
