@@ -306,3 +306,38 @@ func waitGone(pid int, d time.Duration) bool {
 	}
 	return false
 }
+
+// TestHostLoadsThirdPartyExample builds examples/flatecodec, a plugin in its
+// own module that imports only the SDK, and loads it like any plugin.
+func TestHostLoadsThirdPartyExample(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "flatecodec")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Dir = filepath.Join("..", "..", "examples", "flatecodec")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the example: %v\n%s", err, out)
+	}
+	h := openHost(t, pluginDir(t, map[string]string{"flate": bin}), Options{})
+	p, ok := h.Get("flate")
+	if !ok {
+		t.Fatalf("example not loaded (skipped: %v)", h.Skipped())
+	}
+	c, err := p.Codec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := p.Description(); d.Kind != sdk.KindCodec || c.Capabilities().Algorithm != "deflate" {
+		t.Fatalf("example describes itself as %+v, algorithm %q", d, c.Capabilities().Algorithm)
+	}
+	in := bytes.Repeat([]byte("third-party plugins load like ours "), 3000)
+	enc, err := c.Encode(nil, in, c.Capabilities().Levels.Default)
+	if err != nil || len(enc) >= len(in) {
+		t.Fatalf("encode: %d bytes, %v", len(enc), err)
+	}
+	dec, err := c.Decode(nil, enc, len(in))
+	if err != nil || !bytes.Equal(dec, in) {
+		t.Fatalf("decode: %v", err)
+	}
+	if _, err := c.Decode(nil, enc[:len(enc)/2], len(in)); !errors.Is(err, sdk.ErrCorruptInput) {
+		t.Fatalf("truncated input: %v, want ErrCorruptInput", err)
+	}
+}
