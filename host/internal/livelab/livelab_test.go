@@ -13,7 +13,7 @@ import (
 )
 
 // buildProduct builds dwcp and the plugins a migration needs, pinned.
-func buildProduct(t *testing.T) (dwcp, plugins string) {
+func buildProduct(t testing.TB) (dwcp, plugins string) {
 	t.Helper()
 	dir := t.TempDir()
 	plugins = filepath.Join(dir, "plugins")

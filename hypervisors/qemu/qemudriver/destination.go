@@ -270,7 +270,7 @@ func (d *Driver) destroyVM(vm *startedVM) {
 	}
 	if pid > 0 && !processGone(pid) {
 		argv, err := readCmdline(pid)
-		if err == nil && strings.Contains(strings.Join(argv, "\x00"), vm.dir) {
+		if err == nil && strings.Contains(strings.Join(argv, "\x00"), vm.dir+string(filepath.Separator)) {
 			if err := killProcess(pid, 5*time.Second); err != nil {
 				d.log.Error("cannot kill started VM", "pid", pid, "dir", vm.dir, "error", err)
 			}

@@ -62,8 +62,7 @@ type Config struct {
 
 // ConfigFromEnv is the Config the plugin binary uses.
 func ConfigFromEnv() Config {
-	c := Config{QEMU: os.Getenv(EnvQEMU), QMPDir: os.Getenv(EnvQMPDir), RunDir: os.Getenv(EnvRunDir)}
-	return c
+	return Config{QEMU: os.Getenv(EnvQEMU), QMPDir: os.Getenv(EnvQMPDir), RunDir: os.Getenv(EnvRunDir)}
 }
 
 func (c Config) withDefaults() Config {

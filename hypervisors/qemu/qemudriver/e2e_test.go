@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -80,8 +81,20 @@ type relay struct {
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	conns    []net.Conn
-	forward  int64
-	backward int64
+	forward  atomic.Int64 // counted as bytes pass, not when a copy ends
+	backward atomic.Int64
+}
+
+// counter counts the bytes written through it.
+type counter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c counter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 func newRelay(t testing.TB, at, dst string, stall bool) *relay {
@@ -119,12 +132,9 @@ func (r *relay) serve() {
 		return
 	}
 	r.track(dst)
-	copyHalf := func(to, from net.Conn, n *int64) {
+	copyHalf := func(to, from net.Conn, n *atomic.Int64) {
 		defer r.wg.Done()
-		c, _ := io.Copy(to, from)
-		r.mu.Lock()
-		*n += c
-		r.mu.Unlock()
+		_, _ = io.Copy(counter{to, n}, from)
 		if cw, ok := to.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
 		}
@@ -145,9 +155,7 @@ func (r *relay) close() {
 }
 
 func (r *relay) bytes() (fwd, back int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.forward, r.backward
+	return r.forward.Load(), r.backward.Load()
 }
 
 // TestMigrateThroughPlugin boots the test guest and migrates it through the
@@ -219,13 +227,18 @@ func TestMigrateThroughPlugin(t *testing.T) {
 			t.Fatal("the migration never became active")
 		}
 		hb := heartbeat(src.serial)
+		cancelStart := time.Now()
 		if err := h.CancelMigration(ctx, srcID); err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("source cancel took %s", time.Since(cancelStart).Round(time.Millisecond))
+		// QEMU 7.2 ends a cancelled migration as cancelled, or as failed
+		// when its return-path thread sees the shut-down socket first.
 		st, err := h.QueryMigration(ctx, srcID)
-		if err != nil || st.State != "cancelled" {
+		if err != nil || (st.State != "cancelled" && st.State != "failed") {
 			t.Fatalf("after cancel: %+v, %v", st, err)
 		}
+		t.Logf("after cancel: %s %s", st.State, st.Error)
 		if _, err := h.FinishMigration(ctx, srcID, false); err != nil {
 			t.Fatal(err)
 		}
@@ -304,7 +317,7 @@ func TestMigrateThroughPlugin(t *testing.T) {
 			}
 		}
 		wall := time.Since(start)
-		if last.State != "completed" {
+		if last.State != "completed" || last.TotalTime == 0 || last.TransferredBytes == 0 {
 			t.Fatalf("source watch ended in %+v (states %v)", last, states)
 		}
 		if passes == 0 {

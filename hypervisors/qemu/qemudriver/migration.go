@@ -275,11 +275,12 @@ func setCapabilities(ctx context.Context, mon *monitor, extra []string) error {
 	return mon.run(ctx, "migrate-set-capabilities", map[string]any{"capabilities": args}, nil)
 }
 
-// setParameters applies p. limits selects the source-side limits
-// (bandwidth, downtime, switchover bandwidth); Extra applies to both sides
-// (multifd-channels, for instance, must match). On a source the bandwidth
-// is always set: see DefaultMaxBandwidth.
-func (d *Driver) setParameters(ctx context.Context, m *migration, mon *monitor, p hypervisor.Params, always bool) error {
+// setParameters applies p. The limits (bandwidth, downtime, switchover
+// bandwidth) apply to a source only; Extra applies to both ends
+// (multifd-channels, for instance, must match). With defaultBandwidth a
+// zero MaxBandwidth sets DefaultMaxBandwidth (PrepareSource); without it
+// zero leaves QEMU's value (SetLimits).
+func (d *Driver) setParameters(ctx context.Context, m *migration, mon *monitor, p hypervisor.Params, defaultBandwidth bool) error {
 	have := map[string]json.RawMessage{}
 	if err := mon.run(ctx, "query-migrate-parameters", nil, &have); err != nil {
 		return err
@@ -300,7 +301,7 @@ func (d *Driver) setParameters(ctx context.Context, m *migration, mon *monitor, 
 		switch {
 		case p.MaxBandwidth > 0:
 			args["max-bandwidth"] = p.MaxBandwidth
-		case always:
+		case defaultBandwidth:
 			args["max-bandwidth"] = uint64(DefaultMaxBandwidth)
 		}
 		if p.DowntimeLimit < 0 || p.DowntimeLimit > maxDowntimeLimit {
@@ -503,6 +504,9 @@ func (d *Driver) watch(ctx context.Context, m *migration, out chan<- hypervisor.
 	report := func(e hypervisor.Event) bool {
 		cctx, cancel := context.WithTimeout(ctx, d.cfg.CallTimeout)
 		st, err := d.query(cctx, m)
+		if err == nil {
+			st = d.settle(cctx, m, st)
+		}
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -582,6 +586,26 @@ func (d *Driver) watch(ctx context.Context, m *migration, out chan<- hypervisor.
 			}
 		}
 	}
+}
+
+// settle re-reads a source status that just turned completed until QEMU
+// has filled in its totals: QEMU sets the state before it computes
+// total-time and downtime, and a query right after the MIGRATION event
+// sees zeros there. It gives up after about a second.
+func (d *Driver) settle(ctx context.Context, m *migration, st hypervisor.Status) hypervisor.Status {
+	for i := 0; i < 50 && m.role == roleSource && st.State == stateCompleted && st.TotalTime == 0; i++ {
+		select {
+		case <-ctx.Done():
+			return st
+		case <-time.After(20 * time.Millisecond):
+		}
+		again, err := d.query(ctx, m)
+		if err != nil {
+			return st
+		}
+		st = again
+	}
+	return st
 }
 
 // CancelMigration stops a migration. On the source, migrate_cancel, then
@@ -716,6 +740,7 @@ func (d *Driver) finishSource(ctx context.Context, m *migration) (hypervisor.Sta
 	if err != nil {
 		return st, err
 	}
+	st = d.settle(ctx, m, st)
 	switch st.State {
 	case stateCompleted:
 		var rs runStatus

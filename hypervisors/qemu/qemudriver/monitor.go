@@ -75,10 +75,10 @@ type monitor struct {
 	mu        sync.Mutex
 	lastReply []byte        // copy of the current command's reply line
 	lastErr   *qmpErrorBody // its error, if it is an error reply
-	deadErr error
-	subs    map[chan migEvent]struct{}
-	drained bool // the event stream ended; subscribers get closed channels
-	closing bool // shutdown began: no new goroutines (wg.Wait is running)
+	deadErr   error
+	subs      map[chan migEvent]struct{}
+	drained   bool // the event stream ended; subscribers get closed channels
+	closing   bool // shutdown began: no new goroutines (wg.Wait is running)
 
 	dead      chan struct{}
 	killOnce  sync.Once
@@ -172,6 +172,10 @@ func dialMonitor(ctx context.Context, path, pipeDir string, log hclog.Logger) (*
 
 // openPipe makes the private socket go-qemu dials.
 func (m *monitor) openPipe(ctx context.Context, dir string) error {
+	// A long-lived plugin may see a tmp cleaner remove the directory.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("qmp pipe for %s: %w", m.path, err)
+	}
 	p := filepath.Join(dir, "p"+strconv.FormatUint(pipeSeq.Add(1), 10)+".sock")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: p, Net: "unix"})
 	if err != nil {
@@ -416,12 +420,6 @@ func (m *monitor) run(ctx context.Context, cmd string, args, out any) error {
 	m.mu.Lock()
 	m.lastReply, m.lastErr = nil, nil
 	m.mu.Unlock()
-	// An acknowledgement left by a command that got no reply (the
-	// connection died) must not release this command's reply early.
-	select {
-	case <-m.ack:
-	default:
-	}
 	// Run's own result is only "answered or not": the reply is the
 	// relay's copy (see monitor).
 	done := make(chan error, 1)
@@ -439,7 +437,7 @@ func (m *monitor) run(ctx context.Context, cmd string, args, out any) error {
 		m.orphaned.Store(true)
 		if !m.spawn(func() {
 			<-done
-			m.acknowledge()
+			m.takeReply()
 			m.orphaned.Store(false)
 			<-m.turn
 		}) {
@@ -450,11 +448,7 @@ func (m *monitor) run(ctx context.Context, cmd string, args, out any) error {
 		return m.ctxErr(cmd, ctx)
 	}
 	defer func() { <-m.turn }()
-	m.acknowledge()
-	m.mu.Lock()
-	reply, qe := m.lastReply, m.lastErr
-	m.lastReply, m.lastErr = nil, nil
-	m.mu.Unlock()
+	reply, qe := m.takeReply()
 	if qe != nil {
 		return &QMPError{Command: cmd, Class: qe.Class, Desc: qe.Desc}
 	}
@@ -481,12 +475,23 @@ func (m *monitor) run(ctx context.Context, cmd string, args, out any) error {
 	return nil
 }
 
-// acknowledge tells the relay that the current reply was consumed.
-func (m *monitor) acknowledge() {
-	select {
-	case m.ack <- struct{}{}:
-	default:
+// takeReply returns the reply the relay kept for the command that just
+// returned from go-qemu's Run, and releases the relay, which waits after
+// each reply it passed on. A command that got no reply (the connection
+// ended) finds none and releases nothing: a spare release would let the
+// relay run past the next reply.
+func (m *monitor) takeReply() ([]byte, *qmpErrorBody) {
+	m.mu.Lock()
+	reply, qe := m.lastReply, m.lastErr
+	m.lastReply, m.lastErr = nil, nil
+	m.mu.Unlock()
+	if reply != nil {
+		select {
+		case m.ack <- struct{}{}:
+		default:
+		}
 	}
+	return reply, qe
 }
 
 // ctxErr describes a call that ended with its context: a deadline means

@@ -25,7 +25,12 @@ import (
 // need, with the same knobs, cache and skip rules.
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		if pluginDir != "" {
+			_ = os.RemoveAll(pluginDir)
+		}
+		os.Exit(code)
+	}))
 }
 
 // requireEnv turns a missing QEMU into a failure instead of a skip (CI).
@@ -104,6 +109,13 @@ func startQEMU(t testing.TB, dir string, args ...string) *proc {
 		close(p.exited)
 	}()
 	t.Cleanup(func() {
+		if p.gone() {
+			// Nothing in these tests ends a QEMU they started: say why
+			// it left.
+			p.mu.Lock()
+			t.Errorf("QEMU %v exited during the test: %v\n%s", p.cmd.Args[:4], p.cmd.ProcessState, p.out.String())
+			p.mu.Unlock()
+		}
 		_ = p.cmd.Process.Kill()
 		<-p.exited
 	})
