@@ -43,7 +43,8 @@ test:
 		echo "== go test -race $$m"; \
 		(cd $$m && $(GO) test -race -timeout 20m ./...); \
 	done
-	@echo "== path probe in the WAN lab, without -race (it measures CPU-bound TLS throughput)"
+	@echo "== without -race: allocation counts, and the path probe in the WAN lab (CPU-bound TLS throughput)"
+	@set -e; for m in $(MODULES); do (cd $$m && $(GO) test -count=1 -run 'Alloc' ./... | grep -v 'no test files'); done
 	$(GO) test -count=1 -run 'WANLab' ./host/modes/
 
 test-short:
