@@ -9,7 +9,6 @@ import (
 
 	"github.com/dwcp/dwcp/host/migrate"
 	"github.com/dwcp/dwcp/host/pipeline"
-	"github.com/dwcp/dwcp/host/transport"
 	"github.com/dwcp/dwcp/sdk"
 	"github.com/dwcp/dwcp/sdk/hypervisor"
 	"github.com/spf13/cobra"
@@ -61,22 +60,11 @@ func newMigrateCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			codecs, _, err := a.Codecs()
+			codecs, sess, plan, err := connectAndPlan(cmd, a, to, peerName, mode, streams, !asJSON)
 			if err != nil {
 				return err
-			}
-			sess, err := a.Dial(ctx, to, peerName, streams, transport.Options{})
-			if err != nil {
-				return fmt.Errorf("connect to %s: %w", to, err)
 			}
 			defer sess.Close()
-			plan, err := a.PlanSession(ctx, sess, sess.PeerName(), mode, codecs)
-			if err != nil {
-				return err
-			}
-			if !asJSON {
-				fmt.Fprintf(cmd.ErrOrStderr(), "path to %s: %v; mode %s (%s)\n", to, plan.Probe.Path, plan.Mode, plan.Why)
-			}
 			choice := plan.Settings.Start
 			params := hypervisor.Params{MaxBandwidth: maxBandwidth, DowntimeLimit: downtime}
 			if converge == "auto-converge" {

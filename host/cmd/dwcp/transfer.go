@@ -112,22 +112,11 @@ func newSendCommand() *cobra.Command {
 				return err
 			}
 			defer a.Close()
-			codecs, _, err := a.Codecs()
+			codecs, sess, plan, err := connectAndPlan(cmd, a, to, peerName, mode, streams, !asJSON)
 			if err != nil {
 				return err
-			}
-			sess, err := a.Dial(ctx, to, peerName, streams, transport.Options{})
-			if err != nil {
-				return fmt.Errorf("connect to %s: %w", to, err)
 			}
 			defer sess.Close()
-			plan, err := a.PlanSession(ctx, sess, sess.PeerName(), mode, codecs)
-			if err != nil {
-				return err
-			}
-			if !asJSON {
-				fmt.Fprintf(cmd.ErrOrStderr(), "path to %s: %v; mode %s (%s)\n", to, plan.Probe.Path, plan.Mode, plan.Why)
-			}
 			choice := plan.Settings.Start
 			var policy pipeline.Policy = plan.Controller
 			if cmd.Flags().Changed("codec") || cmd.Flags().Changed("level") {
@@ -207,6 +196,29 @@ func newSendCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
+}
+
+// connectAndPlan opens the session to a peer's serve, measures the path and
+// plans the session (mode, codec ladder, controller).
+func connectAndPlan(cmd *cobra.Command, a *agent.Agent, to, peerName, mode string, streams int, verbose bool) ([]pipeline.Codec, *transport.Session, *agent.SessionPlan, error) {
+	ctx := cmd.Context()
+	codecs, _, err := a.Codecs()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	sess, err := a.Dial(ctx, to, peerName, streams, transport.Options{})
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("connect to %s: %w", to, err)
+	}
+	plan, err := a.PlanSession(ctx, sess, sess.PeerName(), mode, codecs)
+	if err != nil {
+		sess.Close()
+		return nil, nil, nil, err
+	}
+	if verbose {
+		fmt.Fprintf(cmd.ErrOrStderr(), "path to %s: %v; mode %s (%s)\n", to, plan.Probe.Path, plan.Mode, plan.Why)
+	}
+	return codecs, sess, plan, nil
 }
 
 func pickCodec(codecs []pipeline.Codec, name string, level int) (pipeline.Choice, error) {
