@@ -36,6 +36,12 @@ type SourceOptions struct {
 	// OnEvent is told about notable moments ("switchover", "not
 	// converging: ...", "destination running").
 	OnEvent func(string)
+	// EffectiveRate, when set, is the stream rate (bytes/s) the path really
+	// carries now. QEMU's max-bandwidth starts at it and follows it every
+	// two seconds, so that QEMU's own estimates (expected downtime, when to
+	// switch over) are made against the real rate rather than the speed of
+	// the local socket into DWCP.
+	EffectiveRate func() uint64
 }
 
 // Result describes a finished migration.
@@ -83,6 +89,11 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 	qemu := newLazyConn(ln)
 	defer qemu.Close()
 
+	if opts.EffectiveRate != nil {
+		if r := opts.EffectiveRate(); r > 0 {
+			opts.Params.MaxBandwidth = r
+		}
+	}
 	id, _, err := hv.PrepareSource(ctx, opts.VM, opts.Params)
 	if err != nil {
 		return res, fmt.Errorf("prepare source VM: %w", err)
@@ -144,6 +155,14 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 			}
 		}
 	}()
+
+	if opts.EffectiveRate != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			followRate(mctx, hv, id, opts.Params, opts.EffectiveRate, note)
+		}()
+	}
 
 	hello := func(h *streamv1.Hello) {
 		h.MigrationId = id
@@ -256,4 +275,31 @@ func (c *convergence) observe(st hypervisor.Status) string {
 			c.stalled, st.RemainingBytes>>20, st.DirtyPagesRate, st.CPUThrottlePercent)
 	}
 	return ""
+}
+
+// followRate keeps QEMU's max-bandwidth at the effective rate while the
+// migration runs, changing it when it moved by more than 10 %.
+func followRate(ctx context.Context, hv hypervisor.Hypervisor, id string, p hypervisor.Params, rate func() uint64, note func(string, ...any)) {
+	last := p.MaxBandwidth
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r := rate()
+		if r == 0 || (r > last*9/10 && r < last*11/10) {
+			continue
+		}
+		p.MaxBandwidth = r
+		if err := hv.SetLimits(ctx, id, p); err != nil {
+			if ctx.Err() == nil {
+				note("setting QEMU's max-bandwidth failed: %v", err)
+			}
+			continue
+		}
+		last = r
+	}
 }

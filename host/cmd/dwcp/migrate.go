@@ -35,6 +35,20 @@ type migrateSummary struct {
 	Controller         string `json:"controller"`
 }
 
+// effectiveRate is the stream rate the path carries: the link's rate times
+// the compression ratio seen so far (3 before any data), with 25 %
+// headroom so that QEMU is never the bottleneck, and at least 1 MiB/s.
+func effectiveRate(link float64, s pipeline.Summary) uint64 {
+	if link <= 0 {
+		return 0
+	}
+	ratio := 3.0
+	if s.WireBytes > 1<<20 {
+		ratio = s.Ratio()
+	}
+	return max(uint64(link*ratio*1.25), 1<<20)
+}
+
 func newMigrateCommand() *cobra.Command {
 	var hf hostFlags
 	var qmp, to, peerName, mode, converge string
@@ -74,6 +88,9 @@ func newMigrateCommand() *cobra.Command {
 				VM: hypervisor.VMRef{Address: qmp}, Codecs: codecs, Policy: plan.Controller,
 				Mode: plan.Mode.String(), Params: params, MaxDuration: maxTime, Progress: &pipeline.Progress{},
 				PageStage: plan.PageStage(),
+			}
+			if !cmd.Flags().Changed("max-bandwidth") {
+				opts.EffectiveRate = func() uint64 { return effectiveRate(plan.Controller.Path().Bandwidth, opts.Progress.Snapshot()) }
 			}
 			var mu sync.Mutex
 			var last hypervisor.Status
@@ -134,7 +151,7 @@ func newMigrateCommand() *cobra.Command {
 	cmd.Flags().StringVar(&to, "to", "", "peer address HOST:PORT of `dwcp serve`")
 	cmd.Flags().StringVar(&peerName, "peer-name", "", "name the peer's certificate must carry (default: the host part of --to)")
 	cmd.Flags().StringVar(&mode, "mode", "auto", "auto, datacenter, hybrid or internet")
-	cmd.Flags().Uint64Var(&maxBandwidth, "max-bandwidth", 10<<30, "bandwidth QEMU may use, bytes/s (QEMU 7.2 defaults to 128 MiB/s)")
+	cmd.Flags().Uint64Var(&maxBandwidth, "max-bandwidth", 10<<30, "fix QEMU's max-bandwidth, bytes/s (default: follow the path's measured rate times the compression ratio)")
 	cmd.Flags().DurationVar(&downtime, "downtime", 300*time.Millisecond, "downtime limit QEMU aims for")
 	cmd.Flags().DurationVar(&maxTime, "max-time", 30*time.Minute, "cancel a migration that has not finished by then (the VM keeps running here)")
 	cmd.Flags().StringVar(&converge, "converge", "auto-converge", "policy for guests that dirty memory faster than the link: auto-converge (throttle the guest) or none")
