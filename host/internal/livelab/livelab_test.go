@@ -86,7 +86,18 @@ func TestLiveMigration(t *testing.T) {
 			_, _, err := env.DWCP(ctx, vm, env.B, env.A, "auto")
 			done <- err
 		}()
-		time.Sleep(5 * time.Second)
+		// Kill the destination once the stream is well under way.
+		start := env.linkBytes(env.B, env.A)
+		for deadline := time.Now().Add(2 * time.Minute); env.linkBytes(env.B, env.A)-start < 20<<20; {
+			if time.Now().After(deadline) {
+				t.Fatal("the migration never started streaming")
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("migration ended before the destination was killed: %v", err)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
 		env.KillServe(env.A)
 		var err error
 		select {
