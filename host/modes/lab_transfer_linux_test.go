@@ -62,7 +62,9 @@ func labSessions(t *testing.T, ctx context.Context, lab *wanlab.Lab) (src, dst *
 		accepted <- s
 	}()
 	src, err = transport.Dial(ctx, transport.DialConfig{Addr: ln.Addr().String(), PeerName: "dst", TLS: cliTLS,
-		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) { return lab.Dial(ctx, h0, network, addr) }})
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return lab.Dial(ctx, h0, network, addr)
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
