@@ -40,6 +40,12 @@ type Config struct {
 	PluginStderr io.Writer
 	// Kinds limits the plugins started to these kinds (all when empty).
 	Kinds []sdk.Kind
+	// StateDir keeps per-peer path measurements between sessions (empty:
+	// none kept).
+	StateDir string
+	// OverridesFile holds per-peer and global mode overrides and
+	// thresholds (docs/modes.md); a missing file means none.
+	OverridesFile string
 }
 
 // Agent is an opened host.

@@ -17,6 +17,18 @@ type SessionPlan struct {
 	Mode       modes.Mode
 	Manual     bool
 	Why        string
+
+	peer  string
+	cache *modes.Cache
+}
+
+// Remember stores the path as the session ended up measuring it, for the
+// next session to the same peer (its probe then only confirms the RTT).
+func (p *SessionPlan) Remember() error {
+	if p.cache == nil {
+		return nil
+	}
+	return p.cache.Put(p.peer, p.Controller.Path())
 }
 
 // PageStage returns the page stage the plan wants, or nil.
@@ -42,23 +54,45 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 		}
 		want = m
 	}
-	probe, err := modes.Probe(ctx, sess, modes.ProbeConfig{})
+	overrides := modes.Overrides{Thresholds: modes.DefaultThresholds()}
+	if a.cfg.OverridesFile != "" {
+		o, err := modes.LoadOverrides(a.cfg.OverridesFile)
+		if err != nil {
+			return nil, err
+		}
+		overrides = o
+	}
+	pcfg := modes.ProbeConfig{}
+	var cache *modes.Cache
+	if a.cfg.StateDir != "" {
+		c, err := modes.OpenCache(a.cfg.StateDir, 0)
+		if err != nil {
+			return nil, err
+		}
+		cache = c
+		if p, ok, err := c.Get(peer); err == nil && ok {
+			pcfg.Cached = &p
+		} else if err != nil {
+			a.logger.Warn("path cache unreadable; probing afresh", "error", err)
+		}
+	}
+	probe, err := modes.Probe(ctx, sess, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("measure the path to %s: %w", peer, err)
 	}
-	m, manual, why := modes.Resolve(peer, want, modes.Overrides{Thresholds: modes.DefaultThresholds()}, probe.Path)
+	m, manual, why := modes.Resolve(peer, want, overrides, probe.Path)
 	settings, err := modes.Plan(m, probe.Path, codecs, modes.PlanConfig{})
 	if err != nil {
 		return nil, err
 	}
 	ctl, err := modes.NewController(modes.ControllerConfig{
-		Settings: settings, Path: probe.Path, Thresholds: modes.DefaultThresholds(), Manual: manual,
+		Settings: settings, Path: probe.Path, Thresholds: overrides.Thresholds, Manual: manual,
 		Streams: sess.Stats().Connections - 1, Sampler: modes.TransportSampler{Session: sess},
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &SessionPlan{Probe: probe, Settings: settings, Controller: ctl, Mode: m, Manual: manual, Why: why}, nil
+	return &SessionPlan{Probe: probe, Settings: settings, Controller: ctl, Mode: m, Manual: manual, Why: why, peer: peer, cache: cache}, nil
 }
 
 // AnswerProbe runs the destination's half of the path measurement and

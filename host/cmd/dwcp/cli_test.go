@@ -293,11 +293,15 @@ func TestSendServeSurvivesRepeatedConnectionCuts(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "send", filepath.Join(dir, "state.bin"), "--to", proxy.ln.Addr().String(),
 		"--peer-name", "hostb", "--certs", certs, "--name", "hosta", "--plugin-dir", plugins, "--json", "--codec", "zstd", "--level", "1")
+	cmd.Env = append(os.Environ(), "DWCP_STATE="+filepath.Join(dir, "state"))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("send: %v\n%s\nserver: %s", err, stderr.String(), srv.out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state", "paths.json")); err != nil {
+		t.Errorf("the path measurement was not kept for the next session: %v", err)
 	}
 	var sum sendSummary
 	if err := json.Unmarshal(out, &sum); err != nil {

@@ -114,6 +114,9 @@ func newMigrateCommand() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("migrate %s to %s: %w", qmp, to, err)
 			}
+			if err := plan.Remember(); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "dwcp: keeping the path measurement: %v\n", err)
+			}
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_ = sess.CloseWrite(cctx)
 			cancel()

@@ -27,7 +27,21 @@ type hostFlags struct {
 	pluginDir string
 	certsDir  string
 	name      string
+	stateDir  string
+	overrides string
 	verbose   bool
+}
+
+// defaultStateDir is $DWCP_STATE, else ~/.local/state/dwcp.
+func defaultStateDir() string {
+	if d := os.Getenv("DWCP_STATE"); d != "" {
+		return d
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(home, ".local", "state", "dwcp")
 }
 
 func (h *hostFlags) register(cmd *cobra.Command) {
@@ -43,6 +57,8 @@ func (h *hostFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&h.certsDir, "certs", certsDir, "directory with ca.pem and this host's NAME.pem, NAME-key.pem ($DWCP_CERTS)")
 	cmd.Flags().StringVar(&h.name, "name", name, "this host's name, as in its certificate ($DWCP_NAME)")
 	cmd.Flags().BoolVarP(&h.verbose, "verbose", "v", false, "log plugin and transport details to stderr")
+	cmd.Flags().StringVar(&h.stateDir, "state-dir", defaultStateDir(), "where path measurements per peer are kept between sessions ($DWCP_STATE)")
+	cmd.Flags().StringVar(&h.overrides, "overrides", "", "mode overrides file: per-peer or global mode, thresholds (default: STATE-DIR/overrides.json if present)")
 }
 
 func (h *hostFlags) open(ctx context.Context, stderr io.Writer, kinds ...sdk.Kind) (*agent.Agent, error) {
@@ -51,7 +67,12 @@ func (h *hostFlags) open(ctx context.Context, stderr io.Writer, kinds ...sdk.Kin
 		level = hclog.Debug
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "dwcp", Level: level, Output: stderr})
-	return agent.Open(ctx, agent.Config{PluginDir: h.pluginDir, CertsDir: h.certsDir, Name: h.name, Logger: logger, Kinds: kinds})
+	overrides := h.overrides
+	if overrides == "" && h.stateDir != "" {
+		overrides = filepath.Join(h.stateDir, "overrides.json")
+	}
+	return agent.Open(ctx, agent.Config{PluginDir: h.pluginDir, CertsDir: h.certsDir, Name: h.name, Logger: logger, Kinds: kinds,
+		StateDir: h.stateDir, OverridesFile: overrides})
 }
 
 // sendSummary is what `dwcp send` reports.
@@ -147,6 +168,9 @@ func newSendCommand() *cobra.Command {
 			bar.Stop()
 			if err != nil {
 				return fmt.Errorf("send %s to %s: %w", name, to, err)
+			}
+			if err := plan.Remember(); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "dwcp: keeping the path measurement: %v\n", err)
 			}
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_ = sess.CloseWrite(cctx)

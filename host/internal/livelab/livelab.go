@@ -129,7 +129,7 @@ func (e *Env) StartServe(ctx context.Context, h *wanlab.Host) error {
 	}
 	cmd := e.Lab.Command(h, e.cfg.Dwcp, "serve", "--listen", fmt.Sprintf("%s:%d", h.Addr, e.port),
 		"--certs", e.certs, "--name", name, "--plugin-dir", e.cfg.PluginDir, "--out-dir", out)
-	cmd.Env = append(os.Environ(), "DWCP_QEMU_RUN_DIR="+runDir)
+	cmd.Env = append(os.Environ(), "DWCP_QEMU_RUN_DIR="+runDir, "DWCP_STATE="+filepath.Join(e.dir, name+"-state"))
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -264,6 +264,7 @@ func (e *Env) DWCP(ctx context.Context, src *testguest.VM, from, to *wanlab.Host
 		"--certs", e.certs, "--plugin-dir", e.cfg.PluginDir, "--mode", mode, "--json"}, extra...)
 	start := time.Now()
 	cmd := e.Lab.Command(from, e.cfg.Dwcp, args...)
+	cmd.Env = append(os.Environ(), "DWCP_STATE="+filepath.Join(e.dir, e.nameOf(from)+"-state"))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
