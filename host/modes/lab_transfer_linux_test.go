@@ -23,7 +23,7 @@ import (
 
 // labSessions opens a transport session between two hosts of lab: h0 dials
 // h1 through the shaped link, with mutual TLS from a fresh CA.
-func labSessions(t *testing.T, ctx context.Context, lab *wanlab.Lab) (src, dst *transport.Session) {
+func labSessions(t testing.TB, ctx context.Context, lab *wanlab.Lab) (src, dst *transport.Session) {
 	t.Helper()
 	ca, err := certs.NewCA(certs.CAOptions{})
 	if err != nil {
@@ -43,7 +43,7 @@ func labSessions(t *testing.T, ctx context.Context, lab *wanlab.Lab) (src, dst *
 			srvTLS = s
 		}
 	}
-	ln, err := lab.Listen(h1, "tcp", net.JoinHostPort(h1.Addr.String(), "4700"))
+	ln, err := lab.Listen(h1, "tcp", net.JoinHostPort(h1.Addr.String(), "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func labSessions(t *testing.T, ctx context.Context, lab *wanlab.Lab) (src, dst *
 
 // labTransfer sends data over the lab with the pipeline and the given
 // policy and returns what arrived.
-func labTransfer(t *testing.T, ctx context.Context, src, dst *transport.Session, data []byte, policy pipeline.Policy) []byte {
+func labTransfer(t testing.TB, ctx context.Context, src, dst *transport.Session, data []byte, policy pipeline.Policy) []byte {
 	t.Helper()
 	z, s := zstdcodec.New(), s2codec.New()
 	codecs := []pipeline.Codec{{ID: 1, Algorithm: "s2", Codec: s}, {ID: 2, Algorithm: "zstd", Codec: z}}
