@@ -10,7 +10,7 @@ import (
 func TestClassifyAtTheBoundaries(t *testing.T) {
 	d := DefaultThresholds()
 	const ms = time.Millisecond
-	dcBW := d.DatacenterMinBandwidth // 2 Gbit/s
+	dcBW := d.DatacenterMinBandwidth // 1 Gbit/s
 	inBW := d.InternetMaxBandwidth   // 300 Mbit/s
 	for _, c := range []struct {
 		name string
@@ -20,8 +20,8 @@ func TestClassifyAtTheBoundaries(t *testing.T) {
 		{"fabric", Path{RTT: 200 * time.Microsecond, Bandwidth: 10 * Gbit}, Datacenter},
 		{"rtt just under 2ms", Path{RTT: 2*ms - 1, Bandwidth: dcBW}, Datacenter},
 		{"rtt exactly 2ms", Path{RTT: 2 * ms, Bandwidth: dcBW}, Hybrid},
-		{"bandwidth exactly 2 Gbit/s", Path{RTT: ms, Bandwidth: dcBW}, Datacenter},
-		{"bandwidth just under 2 Gbit/s", Path{RTT: ms, Bandwidth: math.Nextafter(dcBW, 0)}, Hybrid},
+		{"bandwidth exactly at the datacenter bar", Path{RTT: ms, Bandwidth: dcBW}, Datacenter},
+		{"bandwidth just under the datacenter bar", Path{RTT: ms, Bandwidth: math.Nextafter(dcBW, 0)}, Hybrid},
 		{"rtt exactly 30ms", Path{RTT: 30 * ms, Bandwidth: Gbit}, Hybrid},
 		{"rtt just over 30ms", Path{RTT: 30*ms + 1, Bandwidth: 10 * Gbit}, Internet},
 		{"bandwidth exactly 300 Mbit/s", Path{RTT: 10 * ms, Bandwidth: inBW}, Hybrid},
@@ -80,37 +80,37 @@ func TestClassifierHysteresis(t *testing.T) {
 	// Just below the datacenter bandwidth but within the margin: stays,
 	// however long it lasts.
 	for i := range 100 {
-		if m, ch := c.Update(Path{RTT: time.Millisecond, Bandwidth: 1.7 * Gbit}, t0.Add(time.Duration(i)*100*time.Millisecond)); m != Datacenter || ch {
+		if m, ch := c.Update(Path{RTT: time.Millisecond, Bandwidth: 0.85 * Gbit}, t0.Add(time.Duration(i)*100*time.Millisecond)); m != Datacenter || ch {
 			t.Fatalf("inside the margin at %d: %v changed=%v", i, m, ch)
 		}
 	}
-	// Clearly hybrid (1.5 Gbit/s < 2/1.25 = 1.6), but only for 1.9 s: stays.
+	// Clearly hybrid (0.75 Gbit/s < 1/1.25 = 0.8), but only for 1.9 s: stays.
 	at := t0.Add(time.Minute)
 	for i := range 20 {
-		if m, _ := c.Update(Path{RTT: time.Millisecond, Bandwidth: 1.5 * Gbit}, at.Add(time.Duration(i)*100*time.Millisecond)); m != Datacenter {
+		if m, _ := c.Update(Path{RTT: time.Millisecond, Bandwidth: 0.75 * Gbit}, at.Add(time.Duration(i)*100*time.Millisecond)); m != Datacenter {
 			t.Fatalf("switched before the hold at %d", i)
 		}
 	}
 	// One good sample resets the candidate.
-	c.Update(Path{RTT: time.Millisecond, Bandwidth: 3 * Gbit}, at.Add(2*time.Second))
-	if m, _ := c.Update(Path{RTT: time.Millisecond, Bandwidth: 1.5 * Gbit}, at.Add(3*time.Second)); m != Datacenter {
+	c.Update(Path{RTT: time.Millisecond, Bandwidth: 1.5 * Gbit}, at.Add(2*time.Second))
+	if m, _ := c.Update(Path{RTT: time.Millisecond, Bandwidth: 0.75 * Gbit}, at.Add(3*time.Second)); m != Datacenter {
 		t.Fatal("hold not restarted")
 	}
-	m, ch := c.Update(Path{RTT: time.Millisecond, Bandwidth: 1.5 * Gbit}, at.Add(5*time.Second))
+	m, ch := c.Update(Path{RTT: time.Millisecond, Bandwidth: 0.75 * Gbit}, at.Add(5*time.Second))
 	if m != Hybrid || !ch {
 		t.Fatalf("after a 2 s hold: %v changed=%v, want hybrid", m, ch)
 	}
-	// Back towards datacenter: 2.2 Gbit/s is above the threshold but
-	// within the margin (2*1.25 = 2.5): stays hybrid.
+	// Back towards datacenter: 1.1 Gbit/s is above the threshold but
+	// within the margin (1*1.25 = 1.25): stays hybrid.
 	for i := range 50 {
-		if m, _ := c.Update(Path{RTT: time.Millisecond, Bandwidth: 2.2 * Gbit}, at.Add(10*time.Second+time.Duration(i)*100*time.Millisecond)); m != Hybrid {
+		if m, _ := c.Update(Path{RTT: time.Millisecond, Bandwidth: 1.1 * Gbit}, at.Add(10*time.Second+time.Duration(i)*100*time.Millisecond)); m != Hybrid {
 			t.Fatalf("left hybrid inside the margin")
 		}
 	}
 	// An oscillating path around the boundary never flaps.
 	changes := 0
 	for i := range 1000 {
-		bw := 2 * Gbit * (1 + 0.2*math.Sin(float64(i)/3))
+		bw := 1 * Gbit * (1 + 0.2*math.Sin(float64(i)/3))
 		if _, ch := c.Update(Path{RTT: time.Millisecond, Bandwidth: bw}, at.Add(time.Minute+time.Duration(i)*50*time.Millisecond)); ch {
 			changes++
 		}

@@ -72,17 +72,19 @@ func TestDefaultThresholdsFollowTheMeasuredCodecs(t *testing.T) {
 		t.Fatalf("no step %s", name)
 		return -1
 	}
-	// Two encode cores: above the datacenter bandwidth no zstd level is the
-	// fastest pipeline; somewhat below it zstd is.
-	if b := l[l.Best(th.DatacenterMinBandwidth, 2, 0, false)]; strings.HasPrefix(b.Name, "zstd") {
-		t.Errorf("at %s the fastest step is %s", FormatRate(th.DatacenterMinBandwidth), b.Name)
+	// Two encode cores: above ~1.75 Gbit/s no zstd level is the fastest
+	// pipeline; somewhat below it zstd is. The datacenter bar sits below
+	// that crossover on purpose (it classifies the path, which the probe
+	// measures through TLS; the controller picks the step).
+	if b := l[l.Best(2*Gbit, 2, 0, false)]; strings.HasPrefix(b.Name, "zstd") {
+		t.Errorf("at 2 Gbit/s the fastest step is %s", b.Name)
 	}
 	if b := l[l.Best(1.5*Gbit, 2, 0, false)]; !strings.HasPrefix(b.Name, "zstd") {
 		t.Errorf("at 1.5 Gbit/s the fastest step is %s, want a zstd level", b.Name)
 	}
 	x := l.Crossover(idx("s2:2"), 2)
-	if x < 1.5*Gbit || x > th.DatacenterMinBandwidth {
-		t.Errorf("s2:2/zstd:1 crossover with 2 cores at %s, not in [1.5 Gbit/s, datacenter threshold]", FormatRate(x))
+	if x < 1.5*Gbit || x > 2*Gbit || x < th.DatacenterMinBandwidth {
+		t.Errorf("s2:2/zstd:1 crossover with 2 cores at %s, not in [1.5 Gbit/s, 2 Gbit/s] and above the datacenter bar", FormatRate(x))
 	}
 	// One encode core: below the internet bandwidth the strong zstd level
 	// (3) beats the default one; with two, up to ~550 Mbit/s.
