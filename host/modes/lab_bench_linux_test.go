@@ -3,7 +3,6 @@ package modes
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -163,7 +162,7 @@ func plainTCP(b *testing.B, ctx context.Context, lab *wanlab.Lab, data []byte) t
 	}
 	c.Close()
 	if n := <-got; n != int64(len(data)) {
-		b.Fatal(fmt.Sprintf("plain TCP delivered %d of %d bytes", n, len(data)))
+		b.Fatalf("plain TCP delivered %d of %d bytes", n, len(data))
 	}
 	return time.Since(start)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/dwcp/dwcp/host/internal/units"
 	"io"
 	"os"
 	"strconv"
@@ -153,27 +154,8 @@ func ParseOverrides(data []byte) (Overrides, error) {
 // ParseBitRate reads a link rate in bits per second ("300mbit",
 // "2.5Gbit/s", "800kbit", "1e9") and returns bytes per second.
 func ParseBitRate(s string) (float64, error) {
-	t := strings.ToLower(strings.TrimSpace(s))
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "/s"), "bit")
-	t = strings.TrimSuffix(t, "bps")
-	mult := 1.0
-	if n := len(t); n > 0 {
-		switch t[n-1] {
-		case 'k':
-			mult = 1e3
-		case 'm':
-			mult = 1e6
-		case 'g':
-			mult = 1e9
-		case 't':
-			mult = 1e12
-		}
-		if mult != 1 {
-			t = t[:n-1]
-		}
-	}
-	v, err := strconv.ParseFloat(strings.TrimSpace(t), 64)
-	bytes := v * mult / 8
+	bits, err := units.ParseBits(s)
+	bytes := bits / 8
 	if err != nil || !(bytes > 0 && bytes <= maxBandwidth) {
 		return 0, fmt.Errorf("rate %q: want bits per second such as 300mbit or 2.5gbit/s, up to 8 Tbit/s: %w", s, ErrBadConfig)
 	}

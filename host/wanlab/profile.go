@@ -3,6 +3,7 @@ package wanlab
 import (
 	"errors"
 	"fmt"
+	"github.com/dwcp/dwcp/host/internal/units"
 	"math"
 	"strconv"
 	"strings"
@@ -52,35 +53,11 @@ func ParseRate(s string) (Rate, error) {
 	if t == "unlimited" || t == "0" {
 		return 0, nil
 	}
-	for _, suf := range []string{"bit/s", "bps", "bit", "b/s"} {
-		if strings.HasSuffix(t, suf) {
-			t = strings.TrimSuffix(t, suf)
-			break
-		}
-	}
-	t = strings.TrimSpace(t)
-	mult := 1.0
-	if n := len(t); n > 0 {
-		switch t[n-1] {
-		case 'k':
-			mult = 1e3
-		case 'm':
-			mult = 1e6
-		case 'g':
-			mult = 1e9
-		case 't':
-			mult = 1e12
-		}
-		if mult != 1 {
-			t = strings.TrimSpace(t[:n-1])
-		}
-	}
-	v, err := strconv.ParseFloat(t, 64)
+	bits, err := units.ParseBits(t)
 	if err != nil {
 		return 0, fmt.Errorf("parse rate %q: %w", s, ErrBadValue)
 	}
-	bits := v * mult
-	if math.IsNaN(bits) || bits < 0 || bits > float64(maxRate) {
+	if bits < 0 || bits > float64(maxRate) {
 		return 0, fmt.Errorf("parse rate %q: out of range 0..%v: %w", s, maxRate, ErrBadValue)
 	}
 	return Rate(math.Round(bits)), nil
