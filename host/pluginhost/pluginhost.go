@@ -91,26 +91,49 @@ func Open(ctx context.Context, opts Options) (*Host, error) {
 		h.logger.Warn("refusing plugin", "plugin", r.Name, "path", r.Path, "error", r.Err)
 		h.skipped = append(h.skipped, Skipped{Name: r.Name, Path: r.Path, Reason: r.Err})
 	}
-	for _, v := range verified {
-		desc, err := plugin.DescribeBinary(ctx, v.Path, v.Sum)
-		if err != nil {
-			h.skip(v, err)
-			continue
+	// Describe and launch every plugin at once: each costs a process start
+	// and a handshake, which add up when done one after the other.
+	// An outcome with neither is a plugin not wanted: neither loaded nor
+	// reported.
+	type outcome struct {
+		p   *Plugin
+		err error
+	}
+	results := make([]outcome, len(verified))
+	var wg sync.WaitGroup
+	for i, v := range verified {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			desc, err := plugin.DescribeBinary(ctx, v.Path, v.Sum)
+			if err != nil {
+				results[i].err = err
+				return
+			}
+			proto, err := plugin.Negotiate(desc.ProtocolVersions, plugin.SupportedProtocols)
+			if err != nil {
+				results[i].err = fmt.Errorf("plugin %s %s: %w", desc.Name, desc.Version, err)
+				return
+			}
+			if opts.Want != nil && !opts.Want(desc) {
+				return
+			}
+			p := &Plugin{host: h, entry: v, desc: desc, protocol: proto}
+			if _, err := p.instance(ctx); err != nil {
+				results[i].err = err
+				return
+			}
+			results[i].p = p
+		}()
+	}
+	wg.Wait()
+	for i, r := range results {
+		switch {
+		case r.err != nil:
+			h.skip(verified[i], r.err)
+		case r.p != nil:
+			h.plugins[verified[i].Name] = r.p
 		}
-		proto, err := plugin.Negotiate(desc.ProtocolVersions, plugin.SupportedProtocols)
-		if err != nil {
-			h.skip(v, fmt.Errorf("plugin %s %s: %w", desc.Name, desc.Version, err))
-			continue
-		}
-		if opts.Want != nil && !opts.Want(desc) {
-			continue
-		}
-		p := &Plugin{host: h, entry: v, desc: desc, protocol: proto}
-		if _, err := p.instance(ctx); err != nil {
-			h.skip(v, err)
-			continue
-		}
-		h.plugins[v.Name] = p
 	}
 	return h, nil
 }
