@@ -151,7 +151,8 @@ func TestCrashMidCallIsReportedWithStderrAndRestarted(t *testing.T) {
 	current, _ := buildTestPlugins(t)
 	for _, how := range []string{"panic", "exit", "kill"} {
 		t.Run(how, func(t *testing.T) {
-			h := openHost(t, pluginDir(t, map[string]string{"testcodec": current}), Options{})
+			hanging := &lineSignal{want: "testcodec: hanging in Encode", seen: make(chan struct{})}
+			h := openHost(t, pluginDir(t, map[string]string{"testcodec": current}), Options{Stderr: hanging})
 			p, _ := h.Get("testcodec")
 			c, err := p.Codec()
 			if err != nil {
@@ -165,7 +166,11 @@ func TestCrashMidCallIsReportedWithStderrAndRestarted(t *testing.T) {
 					_, err := c.Encode(nil, []byte("hang forever"), 0)
 					done <- err
 				}()
-				time.Sleep(200 * time.Millisecond)
+				select {
+				case <-hanging.seen:
+				case <-time.After(30 * time.Second):
+					t.Fatal("the call never reached the plugin")
+				}
 				if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 					t.Fatal(err)
 				}
@@ -340,4 +345,26 @@ func TestHostLoadsThirdPartyExample(t *testing.T) {
 	if _, err := c.Decode(nil, enc[:len(enc)/2], len(in)); !errors.Is(err, sdk.ErrCorruptInput) {
 		t.Fatalf("truncated input: %v, want ErrCorruptInput", err)
 	}
+}
+
+// lineSignal closes seen when a plugin's stderr carries the line want.
+type lineSignal struct {
+	mu   sync.Mutex
+	want string
+	buf  []byte
+	seen chan struct{}
+	done bool
+}
+
+func (l *lineSignal) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.done {
+		l.buf = append(l.buf, p...)
+		if bytes.Contains(l.buf, []byte(l.want)) {
+			l.done = true
+			close(l.seen)
+		}
+	}
+	return len(p), nil
 }

@@ -41,7 +41,11 @@ func TestListenerLimits(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer idle2.Close()
-		time.Sleep(50 * time.Millisecond)
+		for deadline := time.Now().Add(5 * time.Second); e.ln.Stats().InHandshake < 2; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the silent connections never took the handshake slots: %+v", e.ln.Stats())
+			}
+		}
 		// ...so the next one is closed at once.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

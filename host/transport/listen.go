@@ -41,6 +41,7 @@ type ListenerStats struct {
 	Handshakes      uint64 // connections that completed TLS and Hello/Welcome
 	HandshakeErrors uint64 // connections refused or failed in their handshake
 	Busy            uint64 // connections closed at once: MaxHandshakes reached
+	InHandshake     int    // connections in TLS or Hello/Welcome now
 	Sessions        int    // live sessions
 	Resumes         uint64 // epochs started by a resume
 }
@@ -95,6 +96,7 @@ func (l *Listener) Stats() ListenerStats {
 	defer l.mu.Unlock()
 	st := l.st
 	st.Sessions = len(l.sessions)
+	st.InHandshake = len(l.sem)
 	return st
 }
 

@@ -187,7 +187,11 @@ func Launch(ctx context.Context, cfg LaunchConfig) (*Instance, error) {
 		AutoMTLS:         true,
 		Logger:           logger,
 		Stderr:           stderr,
-		StartTimeout:     cfg.StartTimeout,
+		// After Serve, go-plugin moves the plugin's os.Stdout and os.Stderr
+		// onto its stdio stream; without these its prints would be lost.
+		SyncStdout:   stderr,
+		SyncStderr:   stderr,
+		StartTimeout: cfg.StartTimeout,
 	}
 	if cc.StartTimeout <= 0 {
 		cc.StartTimeout = 20 * time.Second

@@ -103,7 +103,8 @@ func (c *ServeConfig) description(kind sdk.Kind) sdk.Description {
 // ServeConfig is reported on stderr with exit status 2.
 //
 // Nothing may be written to stdout before Serve: go-plugin's handshake
-// owns it. After Serve starts, stray stdout output is diverted by go-plugin.
+// owns it. After Serve starts, go-plugin carries what the plugin prints to
+// stdout or stderr to the host, which adds it to the plugin's stderr copy.
 func Serve(cfg ServeConfig) {
 	kind, impl, err := cfg.kind()
 	if err != nil {

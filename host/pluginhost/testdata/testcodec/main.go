@@ -37,6 +37,8 @@ func (misbehaving) Encode(dst, src []byte, level int) ([]byte, error) {
 	case bytes.HasPrefix(src, []byte("exit")):
 		os.Exit(7)
 	case bytes.HasPrefix(src, []byte("hang")):
+		// Tests wait for this line to know the call is in flight.
+		fmt.Fprintln(os.Stderr, "testcodec: hanging in Encode")
 		select {}
 	case bytes.HasPrefix(src, []byte("corrupt")):
 		return dst, fmt.Errorf("testcodec: input says it is corrupt: %w", sdk.ErrCorruptInput)
