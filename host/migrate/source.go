@@ -50,13 +50,36 @@ type Result struct {
 	Source      hypervisor.Status // the source hypervisor's final status
 	Pipeline    pipeline.Summary
 	Destination string // the destination VM's address there
-	// Downtime is measured by the source host: from the moment QEMU
-	// stopped the VM for the final pass to the moment the destination
-	// reported its VM running (so it includes verification, the
-	// destination's resume and one network trip).
+	// Downtime runs from the moment the source QEMU stopped the VM for the
+	// final pass to the moment the destination VM ran: by the
+	// destination's clock when it is consistent with the source's (see
+	// Switchover), else until the destination's report arrived (one
+	// network trip more).
 	Downtime time.Duration
 	Total    time.Duration
 	Passes   uint64
+	// Switchover breaks the downtime into its steps, so that a slow one
+	// can be named.
+	Switchover Switchover
+}
+
+// Switchover is the timeline of the stop-and-copy phase, each step as the
+// time since the source QEMU stopped the VM (zero: not observed).
+type Switchover struct {
+	// SourceCompleted: the source QEMU reported "completed" (it has
+	// written everything and, with the return path, the destination QEMU
+	// has acknowledged loading it).
+	SourceCompleted time.Duration
+	// StreamDone: the pipeline has shipped the end of the stream and the
+	// destination has confirmed the final checkpoint.
+	StreamDone time.Duration
+	// DestinationRunning: the destination's own clock when its VM ran
+	// (only when the two clocks agree well enough to place it between
+	// the stop and the result's arrival).
+	DestinationRunning time.Duration
+	// ResultReceived: the destination's "running" result reached the
+	// source; the downtime ends here unless DestinationRunning is known.
+	ResultReceived time.Duration
 }
 
 // Source migrates opts.VM over c (a session to the destination's dwcp
@@ -134,6 +157,17 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 		defer wg.Done()
 		conv := convergence{}
 		for e := range events {
+			if e.Type == hypervisor.EventStopped {
+				// The hypervisor's own timestamp of the stop: the
+				// status events of the switchover arrive only after
+				// it, when QEMU lets go of its lock.
+				mu.Lock()
+				if stopAt.IsZero() && !e.Time.IsZero() {
+					stopAt = e.Time
+				}
+				mu.Unlock()
+				continue
+			}
 			if e.Status == nil {
 				continue
 			}
@@ -203,6 +237,7 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 		sr = <-sent
 	case sr = <-sent:
 	}
+	streamDoneAt := time.Now()
 	res.Pipeline = sr.sum
 	if sr.err != nil {
 		if mctx.Err() != nil && ctx.Err() == nil {
@@ -216,6 +251,7 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 	}
 	// Every byte is verified at the destination; QEMU here has finished.
 	st, err := waitState(mctx, hv, id, 30*time.Second)
+	completedAt := time.Now()
 	res.Source = st
 	if err != nil {
 		return res, err
@@ -235,7 +271,11 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 	res.Destination = result.Vm
 	mu.Lock()
 	if !stopAt.IsZero() {
-		res.Downtime = runningAt.Sub(stopAt)
+		res.Switchover = timeline(stopAt, completedAt, streamDoneAt, runningAt, result.RunningUnixNano)
+		res.Downtime = res.Switchover.ResultReceived
+		if d := res.Switchover.DestinationRunning; d > 0 {
+			res.Downtime = d
+		}
 	}
 	res.Passes = last.DirtySyncCount
 	mu.Unlock()
@@ -249,6 +289,22 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 	released = true
 	res.Total = time.Since(start)
 	return res, nil
+}
+
+// timeline places the switchover's steps after stopAt. The destination's
+// clock is trusted only when it puts the VM's start between the stop and
+// the arrival of the result that reports it: a skewed clock would
+// otherwise shorten or lengthen the downtime.
+func timeline(stopAt, completedAt, streamDoneAt, resultAt time.Time, destRunningUnixNano int64) Switchover {
+	since := func(t time.Time) time.Duration { return max(t.Sub(stopAt), 0) }
+	sw := Switchover{SourceCompleted: since(completedAt), StreamDone: since(streamDoneAt), ResultReceived: since(resultAt)}
+	if destRunningUnixNano > 0 {
+		at := time.Unix(0, destRunningUnixNano)
+		if at.After(stopAt) && !at.After(resultAt) {
+			sw.DestinationRunning = at.Sub(stopAt)
+		}
+	}
+	return sw
 }
 
 // convergence notices a migration whose remaining data stops shrinking.

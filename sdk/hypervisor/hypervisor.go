@@ -121,6 +121,11 @@ const (
 	EventStatus EventType = "status"
 	EventPass   EventType = "pass"
 	EventLog    EventType = "log"
+	// EventStopped: the VM stopped running during the migration (the
+	// stop-and-copy phase began). Time is the hypervisor's own timestamp:
+	// the hypervisor may be too busy to answer queries at that moment, so
+	// the event carries no Status.
+	EventStopped EventType = "stopped"
 )
 
 // Event is one observation of a migration.

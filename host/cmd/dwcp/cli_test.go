@@ -39,8 +39,8 @@ func buildAll(t *testing.T) (dwcp, plugins string) {
 		pdir := filepath.Join(binDir, "plugins")
 		os.MkdirAll(pdir, 0o755)
 		builds := [][2]string{{filepath.Join(binDir, "dwcp"), "./host/cmd/dwcp"}}
-		for _, p := range []string{"zstd", "s2", "lz4", "passthrough"} {
-			builds = append(builds, [2]string{filepath.Join(pdir, "dwcp-plugin-"+p), "./plugins/" + p})
+		for _, p := range []string{"plugins/zstd", "plugins/s2", "plugins/lz4", "plugins/passthrough", "hypervisors/qemu"} {
+			builds = append(builds, [2]string{filepath.Join(pdir, "dwcp-plugin-"+filepath.Base(p)), "./" + p})
 		}
 		for _, b := range builds {
 			cmd := exec.Command("go", "build", "-o", b[0], b[1])

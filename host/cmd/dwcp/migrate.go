@@ -33,7 +33,18 @@ type migrateSummary struct {
 	Reconnects         uint64  `json:"reconnects"`
 	pipeline.PageStats `json:"pages"`
 	Controller         string `json:"controller"`
+	// Switchover is the downtime's timeline, ms after the source stopped.
+	Switchover switchoverMs `json:"switchover_ms"`
 }
+
+type switchoverMs struct {
+	SourceCompleted    float64 `json:"source_completed"`
+	StreamDone         float64 `json:"stream_done"`
+	DestinationRunning float64 `json:"destination_running,omitempty"`
+	ResultReceived     float64 `json:"result_received"`
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // effectiveRate is the stream rate the path carries: the link's rate times
 // the compression ratio seen so far (3 before any data), with 25 %
@@ -127,6 +138,8 @@ func newMigrateCommand() *cobra.Command {
 				TotalSeconds: res.Total.Seconds(), DowntimeMs: float64(res.Downtime.Microseconds()) / 1000,
 				QEMUDowntimeMs: float64(res.Source.Downtime.Microseconds()) / 1000, GuestRAM: res.VM.MemoryBytes,
 				StreamBytes: p.BytesIn, WireBytes: p.WireBytes, Passes: res.Passes, Reconnects: sess.Stats().Reconnects, PageStats: p.Pages,
+				Switchover: switchoverMs{SourceCompleted: ms(res.Switchover.SourceCompleted), StreamDone: ms(res.Switchover.StreamDone),
+					DestinationRunning: ms(res.Switchover.DestinationRunning), ResultReceived: ms(res.Switchover.ResultReceived)},
 			}
 			if out.GuestRAM > 0 {
 				out.VsRAM = float64(out.WireBytes) / float64(out.GuestRAM)
@@ -143,6 +156,14 @@ func newMigrateCommand() *cobra.Command {
 			fmt.Fprintf(w, "migrated %s to %s (%s), VM running there\n", out.VM, to, out.Destination)
 			fmt.Fprintf(w, "total %.2f s, downtime %.0f ms (QEMU's own figure %.0f ms), %d passes, mode %s (%s level %d)\n",
 				out.TotalSeconds, out.DowntimeMs, out.QEMUDowntimeMs, out.Passes, mode, out.Codec, out.Level)
+			if sw := out.Switchover; sw.ResultReceived > 0 {
+				dest := "destination clock not used"
+				if sw.DestinationRunning > 0 {
+					dest = fmt.Sprintf("destination VM running at %.0f ms", sw.DestinationRunning)
+				}
+				fmt.Fprintf(w, "switchover after the stop: stream shipped and verified %.0f ms, source QEMU completed %.0f ms, %s, result here %.0f ms\n",
+					sw.StreamDone, sw.SourceCompleted, dest, sw.ResultReceived)
+			}
 			fmt.Fprintf(w, "%s\n", out.Controller)
 			fmt.Fprintf(w, "on the wire %s: %.1f%% of guest RAM (%s), %.1f%% of what QEMU alone sends (%s); %d reconnects\n",
 				bytesString(out.WireBytes), 100*out.VsRAM, bytesString(out.GuestRAM), 100*out.VsQEMUStream, bytesString(out.StreamBytes), out.Reconnects)

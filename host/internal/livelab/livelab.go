@@ -273,6 +273,7 @@ func (e *Env) DWCP(ctx context.Context, src *testguest.VM, from, to *wanlab.Host
 	if err != nil {
 		return row, nil, fmt.Errorf("dwcp migrate: %v\n%s\nserve log:\n%s", err, stderr.String(), e.ServeLog())
 	}
+	e.logf("dwcp migrate %s->%s: %s", from.Name, to.Name, out)
 	var sum dwcpSummary
 	if err := json.Unmarshal(out, &sum); err != nil {
 		return row, nil, fmt.Errorf("dwcp migrate output %q: %w", out, err)

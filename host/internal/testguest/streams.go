@@ -33,29 +33,41 @@ func RequireStreams(t testing.TB) string {
 		return streamsOnce.dir
 	}
 	Require(t) // skips or fails when QEMU or the guest cannot run
-	root, err := RepoRoot()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	dir, err := Streams(ctx)
 	if err != nil {
 		t.Fatal(err)
+	}
+	streamsOnce.dir = dir
+	return dir
+}
+
+// Streams makes sure the real QEMU streams of the test guest exist in
+// $DWCP_STREAMS (default /tmp/dwcp-streams), capturing them with
+// testdata/guest/capture-streams.sh when they are missing or stale, and
+// returns the directory. It needs QEMU and the guest (see Build).
+func Streams(ctx context.Context) (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
 	}
 	dir := os.Getenv("DWCP_STREAMS")
 	if dir == "" {
 		dir = "/tmp/dwcp-streams"
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(root, "testdata/guest/capture-streams.sh"), dir)
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("capture streams into %s: %v\n%s", dir, err, out)
+		return "", fmt.Errorf("capture streams into %s: %w\n%s", dir, err, out)
 	}
 	for _, n := range StreamNames {
 		if fi, err := os.Stat(filepath.Join(dir, n)); err != nil || fi.Size() == 0 {
-			t.Fatalf("capture streams: %s missing after capture: %v\n%s", n, err, out)
+			return "", fmt.Errorf("capture streams: %s missing after capture: %v\n%s", n, err, out)
 		}
 	}
-	streamsOnce.dir = dir
-	return dir
+	return dir, nil
 }
 
 // StreamPath is a convenience for filepath.Join(RequireStreams(t), name).

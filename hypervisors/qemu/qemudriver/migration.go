@@ -577,6 +577,13 @@ func (d *Driver) watch(ctx context.Context, m *migration, out chan<- hypervisor.
 				sub, unsub = nil, func() {}
 				continue
 			}
+			if e.Type == hypervisor.EventStopped {
+				// No query: it would wait for the switchover to end.
+				if !send(hypervisor.Event{Time: e.Time, Type: e.Type}) {
+					return
+				}
+				continue
+			}
 			if !report(hypervisor.Event{Time: e.Time, Type: e.Type, State: e.Status, Pass: e.Pass}) {
 				return
 			}

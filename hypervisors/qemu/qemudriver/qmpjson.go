@@ -175,7 +175,7 @@ func decodeStatus(raw []byte) (hypervisor.Status, error) {
 // migEvent is a MIGRATION or MIGRATION_PASS event.
 type migEvent struct {
 	Time   time.Time
-	Type   hypervisor.EventType // EventStatus or EventPass
+	Type   hypervisor.EventType // EventStatus, EventPass or EventStopped
 	Status string               // MIGRATION
 	Pass   uint64               // MIGRATION_PASS
 }
@@ -190,6 +190,12 @@ func decodeEvent(e qmp.Event) (migEvent, bool, error) {
 		me.Type = hypervisor.EventStatus
 	case "MIGRATION_PASS":
 		me.Type = hypervisor.EventPass
+	case "STOP":
+		// The switchover's start: QEMU holds its big lock while it writes
+		// the last pass, so this timestamp is the only timely sign of it.
+		me.Type = hypervisor.EventStopped
+		me.Time = eventTime(e.Timestamp.Seconds, e.Timestamp.Microseconds)
+		return me, true, nil
 	default:
 		return me, false, nil
 	}

@@ -196,13 +196,15 @@ func TestDecodeEventFixtures(t *testing.T) {
 			got = append(got, me.Status)
 		case hypervisor.EventPass:
 			got = append(got, fmt.Sprintf("pass%d", me.Pass))
+		case hypervisor.EventStopped:
+			got = append(got, "STOP")
 		}
 	}
 	// The completed run of the capture: setup, pass 1, active, passes
-	// 2-4 (the last one during the stop), completed; STOP is not followed.
+	// 2-3, the VM's stop, pass 4 (during the stop), completed.
 	want := []string{"setup", "pass1", "active", "cancelling", "cancelled",
 		"setup", "pass1", "active", "failed",
-		"setup", "setup", "pass1", "active", "pass2", "pass3", "pass4", "completed",
+		"setup", "setup", "pass1", "active", "pass2", "pass3", "STOP", "pass4", "completed",
 		"active", "completed"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("events:\n got %v\nwant %v", got, want)
@@ -227,8 +229,11 @@ func TestDecodeEventRejects(t *testing.T) {
 			t.Errorf("%s: ok=%v err=%v; want an ErrCorruptInput", line, ok, err)
 		}
 	}
-	if _, ok, err := eventFromLine([]byte(`{"event":"STOP","timestamp":{"seconds":-1}}`)); ok || err != nil {
-		t.Errorf("STOP: ok=%v err=%v; want ignored", ok, err)
+	if me, ok, err := eventFromLine([]byte(`{"event":"STOP","timestamp":{"seconds":-1}}`)); !ok || err != nil || me.Type != hypervisor.EventStopped || time.Since(me.Time) > time.Minute {
+		t.Errorf("STOP without a clock: %+v ok=%v err=%v; want a stop at the local time", me, ok, err)
+	}
+	if _, ok, err := eventFromLine([]byte(`{"event":"RESUME","timestamp":{"seconds":1}}`)); ok || err != nil {
+		t.Errorf("RESUME: ok=%v err=%v; want ignored", ok, err)
 	}
 }
 

@@ -1056,7 +1056,9 @@ func (x *MigrationStatus) GetError() string {
 type MigrationEvent struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	UnixNano int64                  `protobuf:"varint,1,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
-	// "status" (state changed), "pass" (a new dirty pass), "log".
+	// "status" (state changed), "pass" (a new dirty pass), "log", "stopped"
+	// (the VM stopped for the switchover; no status). Receivers ignore types
+	// they do not know.
 	Type          string           `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
 	State         string           `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
 	Pass          uint64           `protobuf:"varint,4,opt,name=pass,proto3" json:"pass,omitempty"`
