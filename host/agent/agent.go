@@ -9,6 +9,7 @@
 package agent
 
 import (
+	"time"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -50,14 +51,23 @@ type Config struct {
 
 // Agent is an opened host.
 type Agent struct {
-	cfg     Config
-	Plugins *pluginhost.Host
-	server  *tls.Config
-	client  *tls.Config
-	logger  hclog.Logger
+	cfg    Config
+	server *tls.Config
+	client *tls.Config
+	logger hclog.Logger
+
+	// The plugins start in the background (verifying, describing and
+	// launching them takes a second or more) while the host connects to
+	// its peer and measures the path; ready is closed when they are up.
+	ready    chan struct{}
+	plugins  *pluginhost.Host
+	plugErr  error
+	loadTime time.Duration
 }
 
-// Open starts the plugins and loads the certificates.
+// Open loads the certificates and starts the plugins in the background;
+// the first call that needs a plugin waits for them (and reports their
+// failure). ctx bounds the plugins' start only.
 func Open(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -73,22 +83,52 @@ func Open(ctx context.Context, cfg Config) (*Agent, error) {
 	if len(cfg.Kinds) > 0 {
 		want = func(d sdk.Description) bool { return slices.Contains(cfg.Kinds, d.Kind) }
 	}
-	h, err := pluginhost.Open(ctx, pluginhost.Options{Dir: cfg.PluginDir, Logger: cfg.Logger.Named("plugins"), Stderr: cfg.PluginStderr, Want: want})
-	if err != nil {
-		return nil, fmt.Errorf("open plugins: %w", err)
-	}
-	a.Plugins = h
+	a.ready = make(chan struct{})
+	go func() {
+		defer close(a.ready)
+		start := time.Now()
+		h, err := pluginhost.Open(ctx, pluginhost.Options{Dir: cfg.PluginDir, Logger: cfg.Logger.Named("plugins"), Stderr: cfg.PluginStderr, Want: want})
+		a.loadTime = time.Since(start)
+		if err != nil {
+			a.plugErr = fmt.Errorf("open plugins: %w", err)
+			return
+		}
+		a.plugins = h
+	}()
 	return a, nil
 }
 
-// Close stops the plugins.
-func (a *Agent) Close() error { return a.Plugins.Close() }
+// Plugins waits until the plugins are up and returns them.
+func (a *Agent) Plugins() (*pluginhost.Host, error) {
+	<-a.ready
+	return a.plugins, a.plugErr
+}
+
+// PluginsLoadTime is how long the plugins took to start (after Plugins
+// has returned).
+func (a *Agent) PluginsLoadTime() time.Duration {
+	<-a.ready
+	return a.loadTime
+}
+
+// Close waits for the plugins' start and stops them.
+func (a *Agent) Close() error {
+	<-a.ready
+	if a.plugins == nil {
+		return nil
+	}
+	return a.plugins.Close()
+}
 
 // Codecs returns every codec plugin, for the pipeline: numbered 1..n by
 // algorithm name (source side), and by algorithm (destination side).
 func (a *Agent) Codecs() ([]pipeline.Codec, map[string]codec.Codec, error) {
+	h, err := a.Plugins()
+	if err != nil {
+		return nil, nil, err
+	}
 	byAlgo := map[string]codec.Codec{}
-	for _, p := range a.Plugins.Plugins() {
+	for _, p := range h.Plugins() {
 		if p.Description().Kind != sdk.KindCodec {
 			continue
 		}
@@ -138,7 +178,11 @@ func (a *Agent) Listen(ctx context.Context, addr string, opts transport.Options)
 
 // Hypervisor returns the hypervisor plugin whose name is name.
 func (a *Agent) Hypervisor(name string) (hypervisor.Hypervisor, error) {
-	for _, p := range a.Plugins.Plugins() {
+	h, err := a.Plugins()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range h.Plugins() {
 		d := p.Description()
 		if d.Kind == sdk.KindHypervisor && (d.Name == name || p.Name() == name) {
 			return p.Hypervisor()

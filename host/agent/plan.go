@@ -13,6 +13,7 @@ import (
 type SessionPlan struct {
 	Probe      modes.ProbeResult
 	Settings   modes.Settings
+	Codecs     []pipeline.Codec // numbered as the session's batches name them
 	Controller *modes.Controller
 	Mode       modes.Mode
 	Manual     bool
@@ -43,9 +44,11 @@ func (p *SessionPlan) PageStage() pipeline.BatchBuilderFactory {
 
 // PlanSession measures the path to the peer over sess (the peer's serve
 // answers the probe), picks the mode — the user's choice ("auto" for
-// none), else the measured path's class — and returns the settings and
-// the adaptive controller to use as the pipeline's policy.
-func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, mode string, codecs []pipeline.Codec) (*SessionPlan, error) {
+// none), else the measured path's class — and returns the settings, the
+// codecs and the adaptive controller to use as the pipeline's policy. The
+// probe runs while the plugins are still starting; only the plan waits
+// for them.
+func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, mode string) (*SessionPlan, error) {
 	var want modes.Mode
 	if mode != "" && mode != "auto" {
 		m, err := modes.ParseMode(mode)
@@ -80,6 +83,10 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 	if err != nil {
 		return nil, fmt.Errorf("measure the path to %s: %w", peer, err)
 	}
+	codecs, _, err := a.Codecs()
+	if err != nil {
+		return nil, err
+	}
 	m, manual, why := modes.Resolve(peer, want, overrides, probe.Path)
 	settings, err := modes.Plan(m, probe.Path, codecs, modes.PlanConfig{})
 	if err != nil {
@@ -92,7 +99,7 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 	if err != nil {
 		return nil, err
 	}
-	return &SessionPlan{Probe: probe, Settings: settings, Controller: ctl, Mode: m, Manual: manual, Why: why, peer: peer, cache: cache}, nil
+	return &SessionPlan{Probe: probe, Settings: settings, Codecs: codecs, Controller: ctl, Mode: m, Manual: manual, Why: why, peer: peer, cache: cache}, nil
 }
 
 // AnswerProbe runs the destination's half of the path measurement and

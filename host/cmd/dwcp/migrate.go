@@ -35,6 +35,8 @@ type migrateSummary struct {
 	Controller         string `json:"controller"`
 	// Switchover is the downtime's timeline, ms after the source stopped.
 	Switchover switchoverMs `json:"switchover_ms"`
+	// Setup is the time before the migration started, ms.
+	Setup setupSteps `json:"setup_ms"`
 }
 
 type switchoverMs struct {
@@ -76,19 +78,24 @@ func newMigrateCommand() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			var steps setupSteps
+			t0 := time.Now()
 			a, err := hf.open(ctx, cmd.ErrOrStderr(), sdk.KindCodec, sdk.KindHypervisor)
 			if err != nil {
 				return err
 			}
 			defer a.Close()
+			codecs, sess, plan, err := connectAndPlan(cmd, a, to, peerName, mode, streams, !asJSON, &steps)
+			if err != nil {
+				return err
+			}
 			hv, err := a.Hypervisor("qemu")
 			if err != nil {
+				sess.Close()
 				return err
 			}
-			codecs, sess, plan, err := connectAndPlan(cmd, a, to, peerName, mode, streams, !asJSON)
-			if err != nil {
-				return err
-			}
+			steps.PluginsMs = float64(a.PluginsLoadTime().Microseconds()) / 1000
+			steps.BeforeMigrationMs = msSince(t0)
 			defer sess.Close()
 			choice := plan.Settings.Start
 			params := hypervisor.Params{MaxBandwidth: maxBandwidth, DowntimeLimit: downtime}
@@ -140,6 +147,7 @@ func newMigrateCommand() *cobra.Command {
 				StreamBytes: p.BytesIn, WireBytes: p.WireBytes, Passes: res.Passes, Reconnects: sess.Stats().Reconnects, PageStats: p.Pages,
 				Switchover: switchoverMs{SourceCompleted: ms(res.Switchover.SourceCompleted), StreamDone: ms(res.Switchover.StreamDone),
 					DestinationRunning: ms(res.Switchover.DestinationRunning), ResultReceived: ms(res.Switchover.ResultReceived)},
+				Setup: steps,
 			}
 			if out.GuestRAM > 0 {
 				out.VsRAM = float64(out.WireBytes) / float64(out.GuestRAM)
@@ -164,6 +172,7 @@ func newMigrateCommand() *cobra.Command {
 				fmt.Fprintf(w, "switchover after the stop: stream shipped and verified %.0f ms, source QEMU completed %.0f ms, %s, result here %.0f ms\n",
 					sw.StreamDone, sw.SourceCompleted, dest, sw.ResultReceived)
 			}
+			fmt.Fprintf(w, "before the migration: %.0f ms (plugins %.0f ms, beside: connect %.0f ms, path and plan %.0f ms)\n", steps.BeforeMigrationMs, steps.PluginsMs, steps.ConnectMs, steps.PlanMs)
 			fmt.Fprintf(w, "%s\n", out.Controller)
 			fmt.Fprintf(w, "on the wire %s: %.1f%% of guest RAM (%s), %.1f%% of what QEMU alone sends (%s); %d reconnects\n",
 				bytesString(out.WireBytes), 100*out.VsRAM, bytesString(out.GuestRAM), 100*out.VsQEMUStream, bytesString(out.StreamBytes), out.Reconnects)

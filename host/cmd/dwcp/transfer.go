@@ -133,7 +133,7 @@ func newSendCommand() *cobra.Command {
 				return err
 			}
 			defer a.Close()
-			codecs, sess, plan, err := connectAndPlan(cmd, a, to, peerName, mode, streams, !asJSON)
+			codecs, sess, plan, err := connectAndPlan(cmd, a, to, peerName, mode, streams, !asJSON, &setupSteps{})
 			if err != nil {
 				return err
 			}
@@ -224,17 +224,17 @@ func newSendCommand() *cobra.Command {
 
 // connectAndPlan opens the session to a peer's serve, measures the path and
 // plans the session (mode, codec ladder, controller).
-func connectAndPlan(cmd *cobra.Command, a *agent.Agent, to, peerName, mode string, streams int, verbose bool) ([]pipeline.Codec, *transport.Session, *agent.SessionPlan, error) {
+func connectAndPlan(cmd *cobra.Command, a *agent.Agent, to, peerName, mode string, streams int, verbose bool, steps *setupSteps) ([]pipeline.Codec, *transport.Session, *agent.SessionPlan, error) {
 	ctx := cmd.Context()
-	codecs, _, err := a.Codecs()
-	if err != nil {
-		return nil, nil, nil, err
-	}
+	t := time.Now()
 	sess, err := a.Dial(ctx, to, peerName, streams, transport.Options{})
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("connect to %s: %w", to, err)
 	}
-	plan, err := a.PlanSession(ctx, sess, sess.PeerName(), mode, codecs)
+	steps.ConnectMs = msSince(t)
+	t = time.Now()
+	plan, err := a.PlanSession(ctx, sess, sess.PeerName(), mode)
+	steps.PlanMs = msSince(t)
 	if err != nil {
 		sess.Close()
 		return nil, nil, nil, err
@@ -242,8 +242,21 @@ func connectAndPlan(cmd *cobra.Command, a *agent.Agent, to, peerName, mode strin
 	if verbose {
 		fmt.Fprintf(cmd.ErrOrStderr(), "path to %s: %v; mode %s (%s)\n", to, plan.Probe.Path, plan.Mode, plan.Why)
 	}
-	return codecs, sess, plan, nil
+	return plan.Codecs, sess, plan, nil
 }
+
+// setupSteps is where the time before the first byte went.
+type setupSteps struct {
+	// PluginsMs: verify, describe and launch the plugins; this runs in the
+	// background, beside connect and plan.
+	PluginsMs float64 `json:"plugins"`
+	ConnectMs float64 `json:"connect"` // TCP + mutual TLS to the peer
+	PlanMs    float64 `json:"plan"`    // path probe (or cached measurement), then the mode once the plugins are up
+	// BeforeMigrationMs: from the command's start to the migration's.
+	BeforeMigrationMs float64 `json:"before_migration"`
+}
+
+func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
 
 func pickCodec(codecs []pipeline.Codec, name string, level int) (pipeline.Choice, error) {
 	if name == "none" {
