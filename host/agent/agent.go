@@ -9,7 +9,6 @@
 package agent
 
 import (
-	"time"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"net"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/dwcp/dwcp/host/certs"
 	"github.com/dwcp/dwcp/host/pipeline"
@@ -127,19 +127,31 @@ func (a *Agent) Codecs() ([]pipeline.Codec, map[string]codec.Codec, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	list, byAlgo, _ := SessionCodecs(h, a.logger)
+	return list, byAlgo, nil
+}
+
+// SessionCodecs numbers the codec plugins of h as a session does: 1..n by
+// algorithm name (the first plugin of an algorithm wins). It also returns
+// the plugin behind each listed codec. Unusable plugins are logged and
+// left out.
+func SessionCodecs(h *pluginhost.Host, logger hclog.Logger) ([]pipeline.Codec, map[string]codec.Codec, []*pluginhost.Plugin) {
 	byAlgo := map[string]codec.Codec{}
+	owner := map[string]*pluginhost.Plugin{}
 	for _, p := range h.Plugins() {
 		if p.Description().Kind != sdk.KindCodec {
 			continue
 		}
 		c, err := p.Codec()
 		if err != nil {
-			a.logger.Warn("codec plugin unusable", "plugin", p.Name(), "error", err)
+			if logger != nil {
+				logger.Warn("codec plugin unusable", "plugin", p.Name(), "error", err)
+			}
 			continue
 		}
 		algo := c.Capabilities().Algorithm
 		if _, dup := byAlgo[algo]; !dup {
-			byAlgo[algo] = c
+			byAlgo[algo], owner[algo] = c, p
 		}
 	}
 	names := make([]string, 0, len(byAlgo))
@@ -151,10 +163,12 @@ func (a *Agent) Codecs() ([]pipeline.Codec, map[string]codec.Codec, error) {
 		names = names[:255]
 	}
 	list := make([]pipeline.Codec, 0, len(names))
+	plugins := make([]*pluginhost.Plugin, 0, len(names))
 	for i, n := range names {
 		list = append(list, pipeline.Codec{ID: uint8(i + 1), Algorithm: n, Codec: byAlgo[n]})
+		plugins = append(plugins, owner[n])
 	}
-	return list, byAlgo, nil
+	return list, byAlgo, plugins
 }
 
 // Dial opens a session to a peer's `dwcp serve`.
