@@ -20,11 +20,11 @@ type bidiOpener func(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStr
 // block fits a slot, else (or when the output outgrows the slot) over the
 // gRPC fallback stream.
 func (i *Instance) bulkCall(op string, dpOp uint32, arg int64, in, dst []byte, maxOut int, open bidiOpener) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), i.callTimeout)
-	defer cancel()
 	if i.dp != nil {
+		// CallTimeout, not a context.WithTimeout: the shared-memory path
+		// allocates nothing per call, and the limit costs nothing there.
 		_, slotOut := i.dp.Limits()
-		out, err := i.dp.Call(ctx, dpOp, arg, in, dst, min(maxOut, slotOut))
+		out, err := i.dp.CallTimeout(context.Background(), i.callTimeout, dpOp, arg, in, dst, min(maxOut, slotOut))
 		var re *shm.RemoteError
 		switch {
 		case err == nil:
@@ -36,6 +36,8 @@ func (i *Instance) bulkCall(op string, dpOp uint32, arg int64, in, dst []byte, m
 			return dst, i.annotate(op, err)
 		}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), i.callTimeout)
+	defer cancel()
 	stream, err := open(ctx)
 	if err != nil {
 		return dst, i.annotate(op, err)

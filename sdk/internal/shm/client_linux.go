@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -15,48 +16,68 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Slot states. A slot leaves slotFree only through the free list and
-// returns to it only once no process can still touch its memory: after the
-// completion has been consumed, never on a cancelled caller's say-so.
-const (
-	slotFree      uint32 = iota
-	slotWaiting          // request sent, caller waiting for the completion
-	slotAbandoned        // caller gave up (ctx); the reader frees it on completion
-	slotDone             // completion handed to the waiting caller
-)
-
 // Client is the host side of one shared-memory channel. Its methods are safe
 // for concurrent use; each concurrent Call holds one slot.
 type Client struct {
 	conn *net.UnixConn
 	g    geometry
 
-	// memMu keeps the mapping alive while a Call copies through it: Calls
-	// hold it shared around their copies, Close exclusively to unmap.
+	// memMu keeps the mapping alive while anything reads or writes it:
+	// Calls and reapers hold it shared for their whole life, Close takes it
+	// exclusively to unmap.
 	memMu sync.RWMutex
 	mem   []byte
 
+	doorbell *uint32 // header words, see wire.go
+	sleepers *uint32
+
 	slots []clientSlot
-	// free holds the index of every free slot; its capacity is the slot
-	// count, so returning a slot never blocks.
-	free chan uint32
+	free  freeList
 
 	dead    chan struct{} // closed when the channel is torn down
 	deadErr error         // why; written once before dead is closed
+	down    atomic.Bool   // set with dead, readable without a select
 	failed  sync.Once
 
-	wg sync.WaitGroup // the completion reader
+	wg sync.WaitGroup // the socket watcher and the reapers
 }
 
-// clientSlot is a slot's bookkeeping and doubles as the pooled waiter, so a
-// Call needs no allocation: its request buffer and completion channel live
-// here for the life of the Client.
+// clientSlot holds pointers to one slot's shared words and the sequence of
+// its last request. The sequence is host-private: it is what a completion
+// must echo, whatever the plugin writes.
 type clientSlot struct {
-	state  atomic.Uint32
-	seq    atomic.Uint32
-	outCap uint32 // of the request in flight; published by state
-	done   chan completion
-	req    [requestSize]byte
+	seq    uint32
+	reqSeq *uint32 // request sequence (host stores it to post)
+	done   []byte  // the completion record, completionSize bytes
+	doneSq *uint32 // completion sequence (plugin stores it to complete)
+	wake   *uint32 // the host sleeps on it
+	parked *uint32 // 1 while the host may sleep on wake
+}
+
+// freeList hands out free slots most recently used first, so that a lightly
+// loaded channel keeps reusing the same slot, whose regions are still in
+// the CPU caches, rather than cycling through the whole arena. tokens
+// counts the entries of stack, so a caller can wait for one in a select.
+type freeList struct {
+	mu     sync.Mutex
+	stack  []uint32
+	tokens chan struct{}
+}
+
+func (f *freeList) put(i uint32) {
+	f.mu.Lock()
+	f.stack = append(f.stack, i)
+	f.mu.Unlock()
+	f.tokens <- struct{}{}
+}
+
+// pop is called after taking a token, so the stack is not empty.
+func (f *freeList) pop() uint32 {
+	f.mu.Lock()
+	i := f.stack[len(f.stack)-1]
+	f.stack = f.stack[:len(f.stack)-1]
+	f.mu.Unlock()
+	return i
 }
 
 var (
@@ -66,6 +87,20 @@ var (
 	// wakes a blocked read.
 	aLongTimeAgo = time.Unix(1, 0)
 )
+
+// Waiting for a completion: spin this many times reading the completion
+// sequence before parking on the futex. A spin is a few nanoseconds; the
+// point is only to catch a plugin that answers within a microsecond or so,
+// without a syscall. Spinning longer costs the plugin CPU on a small
+// machine (the benchmarks in docs/dataplane.md chose it).
+const spinReads = 64
+
+// pollCancel bounds each futex sleep when ctx can be cancelled: a futex
+// cannot wait on a channel, so a cancelled ctx is noticed at the next
+// wake-up, at most this long after. Deadlines need no polling (the sleep
+// ends at the deadline) and neither does a dead channel (teardown wakes
+// every sleeper).
+const pollCancel = 2 * time.Millisecond
 
 // NewClient creates the arena described by opts, sends it to the plugin over
 // conn and waits, bounded by ctx, until the plugin has mapped it. NewClient
@@ -89,19 +124,30 @@ func NewClient(ctx context.Context, conn *os.File, opts ClientOptions) (*Client,
 		return nil, fmt.Errorf("shm client: %w", err)
 	}
 	c := &Client{
-		conn:  uc,
-		g:     g,
-		mem:   mem,
-		slots: make([]clientSlot, g.slots),
-		free:  make(chan uint32, g.slots),
-		dead:  make(chan struct{}),
+		conn:     uc,
+		g:        g,
+		mem:      mem,
+		doorbell: word(mem, hdrDoorbell),
+		sleepers: word(mem, hdrSleepers),
+		slots:    make([]clientSlot, g.slots),
+		free:     freeList{stack: make([]uint32, 0, g.slots), tokens: make(chan struct{}, g.slots)},
+		dead:     make(chan struct{}),
 	}
-	for i := range c.slots {
-		c.slots[i].done = make(chan completion, 1)
-		c.free <- uint32(i)
+	// Push in reverse so that slot 0 is handed out first.
+	for i := range g.slots {
+		idx := g.slots - 1 - i
+		ctl := g.ctlOff(idx)
+		c.slots[idx] = clientSlot{
+			reqSeq: word(mem, ctl+slotReqSeq),
+			done:   mem[ctl+slotDone : ctl+slotDone+completionSize : ctl+slotDone+completionSize],
+			doneSq: word(mem, ctl+slotDoneSeq),
+			wake:   word(mem, ctl+slotWake),
+			parked: word(mem, ctl+slotParked),
+		}
+		c.free.put(idx)
 	}
 	c.wg.Add(1)
-	go c.readLoop()
+	go c.watch()
 	return c, nil
 }
 
@@ -184,8 +230,22 @@ func (c *Client) Limits() (maxIn, maxOut int) {
 // a dead channel gives an error wrapping ErrClosed. If ctx ends while the
 // request is in flight Call returns ctx.Err(), but the slot stays reserved
 // until the plugin completes it, because the plugin may still be writing
-// into it.
+// into it. While the plugin works, a cancelled ctx is noticed within
+// pollCancel (2 ms); a deadline is exact.
 func (c *Client) Call(ctx context.Context, op uint32, arg int64, in, dst []byte, maxOut int) ([]byte, error) {
+	return c.call(ctx, time.Time{}, op, arg, in, dst, maxOut)
+}
+
+// CallTimeout is Call with a time limit of its own on top of ctx's. It
+// costs nothing per call, where wrapping ctx in context.WithTimeout costs a
+// timer and allocations: the limit is simply the futex sleep's timeout.
+// When it expires CallTimeout returns an error wrapping
+// context.DeadlineExceeded, with the same slot rules as a cancelled ctx.
+func (c *Client) CallTimeout(ctx context.Context, timeout time.Duration, op uint32, arg int64, in, dst []byte, maxOut int) ([]byte, error) {
+	return c.call(ctx, time.Now().Add(timeout), op, arg, in, dst, maxOut)
+}
+
+func (c *Client) call(ctx context.Context, deadline time.Time, op uint32, arg int64, in, dst []byte, maxOut int) ([]byte, error) {
 	if maxOut < 0 {
 		return dst, fmt.Errorf("shm call: negative maxOut %d", maxOut)
 	}
@@ -195,133 +255,160 @@ func (c *Client) Call(ctx context.Context, op uint32, arg int64, in, dst []byte,
 	if err := ctx.Err(); err != nil {
 		return dst, err
 	}
-	var idx uint32
 	select {
-	case idx = <-c.free:
+	case <-c.free.tokens:
 	case <-c.dead:
 		return dst, c.deadErr
 	case <-ctx.Done():
 		return dst, ctx.Err()
 	}
+	idx := c.free.pop()
+
+	c.memMu.RLock()
+	defer c.memMu.RUnlock()
+	if c.mem == nil {
+		return dst, c.deadErr
+	}
 	s := &c.slots[idx]
-	inOff, outOff := c.g.inOff(idx), c.g.outOff(idx)
+	copy(c.mem[c.g.inOff(idx):], in)
+	s.seq++
+	c.post(idx, request{seq: s.seq, op: op, arg: arg, inLen: uint32(len(in)), outCap: uint32(maxOut)})
 
-	c.memMu.RLock()
-	if c.mem == nil {
-		c.memMu.RUnlock()
-		return dst, c.deadErr
-	}
-	copy(c.mem[inOff:], in)
-	c.memMu.RUnlock()
-
-	s.outCap = uint32(maxOut)
-	seq := s.seq.Add(1)
-	encodeRequest(s.req[:], request{
-		slot: idx, seq: seq, op: op, arg: arg,
-		inOff: inOff, outOff: outOff, inLen: uint32(len(in)), outCap: uint32(maxOut),
-	})
-	s.state.Store(slotWaiting)
-	if _, err := c.conn.Write(s.req[:]); err != nil {
-		// The slot stays reserved: the channel is dead and never reused.
-		c.fail(fmt.Errorf("send request: %w", err))
-		return dst, c.deadErr
-	}
-
-	select {
-	case r := <-s.done:
-		return c.finish(idx, r, dst)
-	case <-c.dead:
-		// A completion delivered before the channel died is still a
-		// valid result; select picks randomly when both are ready.
-		select {
-		case r := <-s.done:
-			return c.finish(idx, r, dst)
-		default:
-			return dst, c.deadErr
+	r, err := c.wait(ctx, deadline, s, uint32(maxOut))
+	if err != nil {
+		if !c.down.Load() {
+			// The plugin may still read the input or write the output:
+			// the slot is freed only once it completes (reap).
+			c.wg.Add(1)
+			go c.reap(idx, uint32(maxOut))
 		}
-	case <-ctx.Done():
-		if s.state.CompareAndSwap(slotWaiting, slotAbandoned) {
-			return dst, ctx.Err()
-		}
-		// The completion won the race: the reader has moved the slot to
-		// slotDone and is handing the result over right now.
-		return c.finish(idx, <-s.done, dst)
+		return dst, err
 	}
-}
-
-// finish consumes a completion the reader has validated and frees the slot.
-func (c *Client) finish(idx uint32, r completion, dst []byte) ([]byte, error) {
-	off := c.g.outOff(idx)
-	var rerr error
-	c.memMu.RLock()
-	if c.mem == nil {
-		c.memMu.RUnlock()
-		return dst, c.deadErr
-	}
-	out := c.mem[off : off+uint64(r.n)]
+	out := c.mem[c.g.outOff(idx):][:r.n]
 	if r.code == 0 {
 		dst = append(dst, out...)
 	} else {
-		rerr = &RemoteError{Code: r.code, Message: strings.ToValidUTF8(string(out), "\uFFFD")}
+		err = &RemoteError{Code: r.code, Message: strings.ToValidUTF8(string(out), "\uFFFD")}
 	}
-	c.memMu.RUnlock()
-	c.slots[idx].state.Store(slotFree)
-	c.free <- idx
-	return dst, rerr
+	c.free.put(idx)
+	return dst, err
 }
 
-// readLoop owns the receive side: it validates every completion before it
-// wakes a caller, and tears the channel down on the first bad one.
-func (c *Client) readLoop() {
+// post writes the request record into slot idx's control block and rings
+// the doorbell. The sequence is stored last and atomically: a worker that
+// sees it also sees the fields written before it. The futex wake (a
+// syscall) is skipped while no worker is parked: a worker about to park
+// counts itself in sleepers first and then looks for work once more, so a
+// request posted in between is found either way.
+func (c *Client) post(idx uint32, r request) {
+	var rec [requestSize]byte
+	encodeRequest(rec[:], r)
+	// Everything but the sequence (the record's first word) with plain
+	// stores, then the sequence atomically: a worker that sees the new
+	// sequence must not find a field of the previous request.
+	ctl := c.g.ctlOff(idx)
+	copy(c.mem[ctl+slotReq+4:ctl+slotReq+requestSize], rec[4:])
+	atomic.StoreUint32(c.slots[idx].reqSeq, r.seq)
+	atomic.AddUint32(c.doorbell, 1)
+	if atomic.LoadUint32(c.sleepers) != 0 {
+		futexWakeN(c.doorbell, 1)
+	}
+}
+
+// wait returns the validated completion of slot s's current request, or an
+// error if the channel dies (ErrClosed), the plugin breaks the protocol
+// (ErrClosed and ErrProtocol; the channel is torn down), ctx ends or the
+// deadline passes. Memory must be held (memMu.RLock) by the caller.
+func (c *Client) wait(ctx context.Context, deadline time.Time, s *clientSlot, outCap uint32) (completion, error) {
+	for range spinReads {
+		if atomic.LoadUint32(s.doneSq) == s.seq {
+			return c.completion(s, outCap)
+		}
+	}
+	for {
+		// Parking protocol, the mirror of post's: announce, then re-check,
+		// then sleep on the value read before the re-check. The plugin
+		// stores the completion sequence before it reads parked, so either
+		// we see the completion here or it sees parked and bumps wake,
+		// which makes the sleep below return at once.
+		atomic.StoreUint32(s.parked, 1)
+		w := atomic.LoadUint32(s.wake)
+		switch d := atomic.LoadUint32(s.doneSq); d {
+		case s.seq:
+			atomic.StoreUint32(s.parked, 0)
+			return c.completion(s, outCap)
+		case s.seq - 1:
+			// Still the previous request's: not done yet.
+		default:
+			err := fmt.Errorf("completion: %w: sequence %d is neither the request's (%d) nor the one before", ErrProtocol, d, s.seq)
+			c.fail(err)
+			return completion{}, c.deadErr
+		}
+		if c.down.Load() {
+			return completion{}, c.deadErr
+		}
+		if err := ctx.Err(); err != nil {
+			return completion{}, err
+		}
+		var d time.Duration
+		if !deadline.IsZero() {
+			if d = time.Until(deadline); d <= 0 {
+				return completion{}, fmt.Errorf("shm call: %w", context.DeadlineExceeded)
+			}
+		}
+		if ctx.Done() != nil && (d == 0 || d > pollCancel) {
+			d = pollCancel
+		}
+		futexSleep(s.wake, w, d)
+	}
+}
+
+// completion reads the completion record of s's request out of shared
+// memory once, into a local copy, and validates the copy: the plugin may
+// rewrite the record at any time, but the copy cannot change under us.
+func (c *Client) completion(s *clientSlot, outCap uint32) (completion, error) {
+	var rec [completionSize]byte
+	copy(rec[:], s.done)
+	r, err := decodeCompletion(rec[:], s.seq, outCap, min(MaxErrorMessage, c.g.slotOut))
+	if err != nil {
+		c.fail(err)
+		return completion{}, c.deadErr
+	}
+	return r, nil
+}
+
+// reap waits, with no time limit, for the plugin to complete an abandoned
+// request, then frees its slot. A dead channel ends it without freeing
+// anything: the slot is never used again. It is started with the mapping
+// held by the abandoning Call, so Close (which takes memMu exclusively
+// before it waits for c.wg) cannot miss it.
+func (c *Client) reap(idx uint32, outCap uint32) {
+	defer c.wg.Done()
+	c.memMu.RLock()
+	defer c.memMu.RUnlock()
+	if c.mem == nil {
+		return
+	}
+	if _, err := c.wait(context.Background(), time.Time{}, &c.slots[idx], outCap); err == nil {
+		c.free.put(idx)
+	}
+}
+
+// watch reads the socket, on which a well-behaved plugin sends nothing
+// after the ack: it is there to notice the plugin's exit (EOF) at once.
+func (c *Client) watch() {
 	defer c.wg.Done()
 	var buf [maxMessage]byte
-	for {
-		n, err := c.conn.Read(buf[:])
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = errPeerClosed
-			} else {
-				err = fmt.Errorf("receive completion: %w", err)
-			}
-			c.fail(err)
-			return
-		}
-		r, err := decodeCompletion(buf[:n])
-		if err == nil {
-			err = c.complete(r)
-		}
-		if err != nil {
-			c.fail(err)
-			return
-		}
+	n, err := c.conn.Read(buf[:])
+	switch {
+	case err == nil:
+		err = fmt.Errorf("socket: %w: unexpected %d-byte message after the ack", ErrProtocol, n)
+	case errors.Is(err, io.EOF):
+		err = errPeerClosed
+	default:
+		err = fmt.Errorf("socket: %w", err)
 	}
-}
-
-func (c *Client) complete(r completion) error {
-	if r.slot >= c.g.slots {
-		return fmt.Errorf("completion slot %d: %w: only %d slots", r.slot, ErrProtocol, c.g.slots)
-	}
-	s := &c.slots[r.slot]
-	st := s.state.Load()
-	if (st != slotWaiting && st != slotAbandoned) || s.seq.Load() != r.seq {
-		return fmt.Errorf("completion slot %d seq %d: %w: no such request in flight", r.slot, r.seq, ErrProtocol)
-	}
-	limit := s.outCap
-	if r.code != 0 {
-		limit = min(MaxErrorMessage, c.g.slotOut)
-	}
-	if r.n > limit {
-		return fmt.Errorf("completion slot %d: %w: %d bytes, at most %d allowed", r.slot, ErrProtocol, r.n, limit)
-	}
-	if s.state.CompareAndSwap(slotWaiting, slotDone) {
-		s.done <- r
-		return nil
-	}
-	if s.state.CompareAndSwap(slotAbandoned, slotFree) {
-		c.free <- r.slot
-		return nil
-	}
-	return fmt.Errorf("completion slot %d: %w: slot changed state under the reader", r.slot, ErrProtocol)
+	c.fail(err)
 }
 
 // fail tears the channel down once: every waiting and later Call returns an
@@ -329,24 +416,36 @@ func (c *Client) complete(r completion) error {
 func (c *Client) fail(cause error) {
 	c.failed.Do(func() {
 		c.deadErr = fmt.Errorf("%w: %w", ErrClosed, cause)
+		c.down.Store(true)
 		close(c.dead)
 		c.conn.Close()
+		// Every caller that read down as false before the store above has
+		// read its wake word even earlier, so this bump ends its sleep.
+		// fail runs with the mapping held: by a Call or a reaper, by the
+		// watcher (Close waits for it before unmapping), or by Close
+		// itself before it unmaps.
+		for i := range c.slots {
+			bump(c.slots[i].wake, math.MaxInt32)
+		}
 	})
 }
 
 // Close tears the channel down (the plugin's Serve sees the socket close),
-// waits for the reader, and unmaps the arena once no Call is copying through
-// it. Calls still waiting return an error wrapping ErrClosed.
+// wakes every waiting Call (they return an error wrapping ErrClosed), unmaps
+// the arena once none of them touches it any more, and waits for the
+// watcher and reapers.
 func (c *Client) Close() error {
 	c.fail(errLocalClose)
-	c.wg.Wait()
 	c.memMu.Lock()
-	defer c.memMu.Unlock()
-	if c.mem == nil {
-		return nil
+	var err error
+	if c.mem != nil {
+		err = unix.Munmap(c.mem)
+		c.mem = nil
 	}
-	err := unix.Munmap(c.mem)
-	c.mem = nil
+	c.memMu.Unlock()
+	// Reapers are started only with the mapping held, so all of them were
+	// started before the Lock above returned: none is added after this.
+	c.wg.Wait()
 	if err != nil {
 		return fmt.Errorf("shm close: unmap arena: %w", err)
 	}

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -86,12 +88,13 @@ func startServe(t testing.TB, opts ClientOptions, h Handler, workers int) *Clien
 	return c
 }
 
-// fakePlugin is a hand-driven plugin end, for feeding the client messages a
-// real Serve would never send.
+// fakePlugin is a hand-driven plugin end, for feeding the client messages
+// and records a real Serve would never send.
 type fakePlugin struct {
 	conn *net.UnixConn
 	mem  []byte
 	g    geometry
+	seen []uint32 // last request sequence read per slot
 }
 
 // acceptFake does the plugin half of the handshake by hand.
@@ -123,7 +126,7 @@ func acceptFake(f *os.File) (*fakePlugin, error) {
 		uc.Close()
 		return nil, err
 	}
-	return &fakePlugin{conn: uc, mem: mem, g: h.geometry}, nil
+	return &fakePlugin{conn: uc, mem: mem, g: h.geometry, seen: make([]uint32, h.slots)}, nil
 }
 
 func (p *fakePlugin) sendAck(status uint32) error {
@@ -133,20 +136,44 @@ func (p *fakePlugin) sendAck(status uint32) error {
 	return err
 }
 
-func (p *fakePlugin) readRequest() (request, error) {
-	var b [maxMessage]byte
-	n, err := p.conn.Read(b[:])
-	if err != nil {
-		return request{}, err
+// readRequest polls the control area (no doorbell: a test can afford it)
+// until a new request is posted on some slot.
+func (p *fakePlugin) readRequest() (uint32, request, error) {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Microsecond) {
+		for i := range p.g.slots {
+			ctl := p.g.ctlOff(i)
+			seq := atomic.LoadUint32(word(p.mem, ctl+slotReqSeq))
+			if seq == p.seen[i] {
+				continue
+			}
+			p.seen[i] = seq
+			r, err := decodeRequest(p.mem[ctl+slotReq:ctl+slotReq+requestSize], p.g, seq)
+			return i, r, err
+		}
 	}
-	return decodeRequest(b[:n])
+	return 0, request{}, errors.New("fake plugin: no request within 10 s")
 }
 
-func (p *fakePlugin) complete(c completion) error {
-	var b [completionSize]byte
-	encodeCompletion(b[:], c)
-	_, err := p.conn.Write(b[:])
-	return err
+// complete publishes rec as slot's completion record, the way Serve does:
+// sequence last, then a wake if the host is parked.
+func (p *fakePlugin) complete(slot uint32, rec [completionSize]byte) {
+	ctl := p.g.ctlOff(slot)
+	copy(p.mem[ctl+slotDone+4:ctl+slotDone+completionSize], rec[4:])
+	atomic.StoreUint32(word(p.mem, ctl+slotDoneSeq), le.Uint32(rec[:]))
+	bump(word(p.mem, ctl+slotWake), 1)
+}
+
+func (p *fakePlugin) completeWith(slot uint32, c completion) {
+	var rec [completionSize]byte
+	encodeCompletion(rec[:], c)
+	p.complete(slot, rec)
+}
+
+// hangup waits until the host closes the socket.
+func (p *fakePlugin) hangup() {
+	var b [maxMessage]byte
+	p.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	p.conn.Read(b[:])
 }
 
 func (p *fakePlugin) close() {
@@ -250,6 +277,39 @@ func (r *rawHost) handshake(t *testing.T, g geometry) []byte {
 		t.Fatalf("ack %+v, %v", a, err)
 	}
 	return mem
+}
+
+// post writes request r into slot's control block and rings the doorbell,
+// as the Client does.
+func (r *rawHost) post(mem []byte, g geometry, slot uint32, req request) {
+	var rec [requestSize]byte
+	encodeRequest(rec[:], req)
+	r.postRaw(mem, g, slot, rec)
+}
+
+// postRaw publishes any request record, sequence last.
+func (r *rawHost) postRaw(mem []byte, g geometry, slot uint32, rec [requestSize]byte) {
+	ctl := g.ctlOff(slot)
+	copy(mem[ctl+slotReq+4:ctl+slotReq+requestSize], rec[4:])
+	atomic.StoreUint32(word(mem, ctl+slotReqSeq), le.Uint32(rec[:]))
+	bump(word(mem, hdrDoorbell), 1)
+}
+
+// awaitDone polls slot's completion sequence until it is seq.
+func (r *rawHost) awaitDone(t *testing.T, mem []byte, g geometry, slot, seq uint32) completion {
+	t.Helper()
+	ctl := g.ctlOff(slot)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Microsecond) {
+		if atomic.LoadUint32(word(mem, ctl+slotDoneSeq)) == seq {
+			c, err := decodeCompletion(mem[ctl+slotDone:ctl+slotDone+completionSize], seq, math.MaxUint32, MaxErrorMessage)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+	}
+	t.Fatalf("no completion of slot %d seq %d", slot, seq)
+	return completion{}
 }
 
 func (r *rawHost) readAck() (ack, error) {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,16 +24,35 @@ type server struct {
 	conn *net.UnixConn
 	h    Handler
 
-	stopped sync.Once
-	cause   error // nil for a clean close by the host
+	// Set once the arena is mapped, before any worker starts.
+	mem      []byte
+	g        geometry
+	doorbell *uint32
+	sleepers *uint32
+	// taken[i] is the last request sequence a worker claimed on slot i.
+	// It is plugin-private, so the host cannot make two workers run one
+	// request; a worker claims a posted request by a CAS on it.
+	taken []atomic.Uint32
+
+	stopping atomic.Bool
+	stopped  sync.Once
+	cause    error // nil for a clean close by the host
 }
 
-// stop records why serving ends (the first reason wins) and closes the
-// socket, which wakes every worker blocked in a read.
+// stop records why serving ends (the first reason wins), closes the socket
+// and wakes every parked worker.
 func (s *server) stop(cause error) {
 	s.stopped.Do(func() {
 		s.cause = cause
+		s.stopping.Store(true)
 		s.conn.Close()
+		// A worker that read stopping as false read the doorbell before
+		// that, so this bump ends its sleep. The mapping is still there:
+		// Serve unmaps only after every worker has returned, and workers
+		// return only after stop.
+		if s.doorbell != nil {
+			bump(s.doorbell, math.MaxInt32)
+		}
 	})
 }
 
@@ -72,11 +93,15 @@ func Serve(ctx context.Context, conn *os.File, h Handler, workers int) error {
 	if err != nil {
 		s.stop(err)
 	} else {
-		// Every worker calls stop on its way out, so once they are all gone
-		// the socket is closed and s.cause is final.
+		s.mem, s.g = mem, g
+		s.doorbell, s.sleepers = word(mem, hdrDoorbell), word(mem, hdrSleepers)
+		s.taken = make([]atomic.Uint32, g.slots)
+		// Workers return only after stop, and the watcher calls stop when
+		// the socket ends, so once they are all gone s.cause is final.
 		var workersWG sync.WaitGroup
-		for range workers {
-			workersWG.Go(func() { s.work(mem, g) })
+		workersWG.Go(s.watch)
+		for w := range workers {
+			workersWG.Go(func() { s.work(uint32(w)) })
 		}
 		workersWG.Wait()
 		unmapErr = unix.Munmap(mem)
@@ -155,40 +180,106 @@ func (s *server) refuse(status uint32) {
 	s.conn.Write(msg[:])
 }
 
-// work serves requests until the socket closes. Workers read the socket
-// directly: SEQPACKET hands each read exactly one whole request, so no
-// dispatcher goroutine (and no extra hand-off) is needed.
-func (s *server) work(mem []byte, g geometry) {
-	var rb [maxMessage]byte
-	var cb [completionSize]byte
+// watch reads the socket, on which a well-behaved host sends nothing after
+// the hello: it is there to notice the host's exit or close (EOF) at once.
+func (s *server) watch() {
+	var buf [maxMessage]byte
+	n, err := s.conn.Read(buf[:])
+	switch {
+	case s.stopping.Load():
+		// Already stopping (ctx, or a worker's protocol error): the read
+		// ended because stop closed the socket.
+	case err == nil:
+		s.stop(fmt.Errorf("socket: %w: unexpected %d-byte message after the hello", ErrProtocol, n))
+	case hostGone(err):
+		s.stop(nil)
+	default:
+		s.stop(fmt.Errorf("socket: %w", err))
+	}
+}
+
+// work serves requests until stop. A worker looks for a posted request in
+// every slot, starting at its own offset so that workers spread out; when
+// there is none it parks on the doorbell futex. Parking mirrors the host's
+// post: read the doorbell, count in sleepers, look once more, sleep on the
+// value read first. A request posted at any point either is found by the
+// second look or changes the doorbell (and, with sleepers counted, gets a
+// wake), so it is never left unserved while a worker sleeps.
+func (s *server) work(start uint32) {
+	next := start % s.g.slots
 	for {
-		n, err := s.conn.Read(rb[:])
-		if err != nil {
-			if hostGone(err) {
-				s.stop(nil)
-			} else {
-				s.stop(fmt.Errorf("receive request: %w", err))
+		bell := atomic.LoadUint32(s.doorbell)
+		if s.stopping.Load() {
+			return
+		}
+		if idx, seq, ok := s.claim(&next); ok {
+			if err := s.serveSlot(idx, seq); err != nil {
+				s.stop(err)
+				return
 			}
-			return
+			continue
 		}
-		r, err := decodeRequest(rb[:n])
-		if err == nil {
-			err = g.checkRequest(r)
+		atomic.AddUint32(s.sleepers, 1)
+		idx, seq, ok := s.claim(&next)
+		if !ok {
+			futexSleep(s.doorbell, bell, 0)
 		}
-		if err != nil {
-			s.stop(err)
-			return
-		}
-		encodeCompletion(cb[:], s.run(mem, g, r))
-		if _, err := s.conn.Write(cb[:]); err != nil {
-			if hostGone(err) {
-				s.stop(nil)
-			} else {
-				s.stop(fmt.Errorf("send completion: %w", err))
+		atomic.AddUint32(s.sleepers, ^uint32(0))
+		if ok {
+			if err := s.serveSlot(idx, seq); err != nil {
+				s.stop(err)
+				return
 			}
-			return
 		}
 	}
+}
+
+// claim finds a slot whose posted request sequence differs from the last
+// one claimed there and takes it. next rotates so that one busy slot does
+// not starve the others.
+func (s *server) claim(next *uint32) (uint32, uint32, bool) {
+	n := s.g.slots
+	for k := range n {
+		i := (*next + k) % n
+		// taken before the posted sequence: a worker that stalls between
+		// the two loads then fails its CAS if another claimed meanwhile,
+		// rather than claiming a request that is long gone.
+		last := s.taken[i].Load()
+		seq := atomic.LoadUint32(word(s.mem, s.g.ctlOff(i)+slotReqSeq))
+		if seq != last && s.taken[i].CompareAndSwap(last, seq) {
+			*next = (i + 1) % n
+			return i, seq, true
+		}
+	}
+	return 0, 0, false
+}
+
+// serveSlot runs the claimed request seq of slot idx and publishes its
+// completion. The request record is copied out of shared memory once and
+// only the copy is checked and used: the host cannot change it afterwards.
+func (s *server) serveSlot(idx, seq uint32) error {
+	ctl := s.g.ctlOff(idx)
+	var rec [requestSize]byte
+	copy(rec[:], s.mem[ctl+slotReq:ctl+slotReq+requestSize])
+	r, err := decodeRequest(rec[:], s.g, seq)
+	if err != nil {
+		return fmt.Errorf("slot %d: %w", idx, err)
+	}
+	c := s.run(idx, r)
+	// The record minus its sequence (encodeCompletion's layout).
+	rec2 := s.mem[ctl+slotDone : ctl+slotDone+completionSize]
+	le.PutUint32(rec2[4:], c.code)
+	le.PutUint32(rec2[8:], c.n)
+	le.PutUint32(rec2[12:], 0)
+	// The sequence goes last: it is what publishes code and n. Then the
+	// host's parking protocol: it sets parked before it re-checks the
+	// sequence, so if it is not looking it is asleep (or about to sleep on
+	// a wake value the bump changes).
+	atomic.StoreUint32(word(s.mem, ctl+slotDoneSeq), seq)
+	if atomic.LoadUint32(word(s.mem, ctl+slotParked)) != 0 {
+		bump(word(s.mem, ctl+slotWake), 1)
+	}
+	return nil
 }
 
 // hostGone reports whether err only says the host closed its end, which is
@@ -197,16 +288,17 @@ func hostGone(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET)
 }
 
-// run calls the handler on the request's regions of the arena. r has passed
-// checkRequest, so every slice below is inside the mapping. Capacities are
+// run calls the handler on the request's regions of slot idx. r has passed
+// decodeRequest, so both lengths fit the slot's regions. Capacities are
 // clipped so that an append in the handler cannot run into the next region.
-func (s *server) run(mem []byte, g geometry, r request) completion {
-	inEnd, outEnd := r.inOff+uint64(r.inLen), r.outOff+uint64(r.outCap)
-	in := mem[r.inOff:inEnd:inEnd]
-	out := mem[r.outOff:outEnd:outEnd]
+func (s *server) run(idx uint32, r request) completion {
+	inOff, outOff := s.g.inOff(idx), s.g.outOff(idx)
+	inEnd, outEnd := inOff+uint64(r.inLen), outOff+uint64(r.outCap)
+	in := s.mem[inOff:inEnd:inEnd]
+	out := s.mem[outOff:outEnd:outEnd]
 	n, code, msg := s.h(r.op, r.arg, in, out)
 	if code == 0 && n >= 0 && n <= len(out) {
-		return completion{slot: r.slot, seq: r.seq, n: uint32(n)}
+		return completion{seq: r.seq, n: uint32(n)}
 	}
 	if code == 0 || code >= CodeReserved {
 		msg = fmt.Sprintf("handler for op %d returned n=%d code=%#x with a %d-byte output buffer", r.op, n, code, len(out))
@@ -214,8 +306,6 @@ func (s *server) run(mem []byte, g geometry, r request) completion {
 	}
 	// The message may use the slot's whole output region, not just the
 	// capacity the caller asked for, so a maxOut of 0 still gets its text.
-	slotOutEnd := g.outOff(r.slot) + uint64(g.slotOut)
-	room := mem[r.outOff:slotOutEnd]
-	room = room[:min(len(room), MaxErrorMessage)]
-	return completion{slot: r.slot, seq: r.seq, code: code, n: uint32(copy(room, msg))}
+	room := s.mem[outOff : outOff+uint64(min(s.g.slotOut, MaxErrorMessage))]
+	return completion{seq: r.seq, code: code, n: uint32(copy(room, msg))}
 }

@@ -1,15 +1,19 @@
 // Package shm owns the shared-memory data plane between the DWCP host and a
 // codec or accelerator plugin process: the arena of fixed slots in a sealed
-// memfd that both processes map, the small fixed-size messages that travel
-// over a SOCK_SEQPACKET socketpair (hello/ack, request/completion), and the
-// slot lifecycle that lets many requests be in flight at once.
+// memfd that both processes map, the request and completion records in the
+// arena's control area with the futex words that wake each side, the
+// hello/ack handshake over a SOCK_SEQPACKET socketpair (which then only
+// reports the peer's exit), and the slot lifecycle that lets many requests
+// be in flight at once.
 //
 // It moves bytes and nothing else. It must not interpret op codes, arguments
 // or error codes (the sdk/plugin layer gives them meaning), must not start or
 // supervise processes, must not carry control-plane traffic (that is gRPC
 // through go-plugin), and must not trust anything that arrives over the
-// socket: every offset, length and id is checked before memory is touched,
-// and a malformed message tears the channel down instead of panicking.
+// socket or that the peer writes into the arena: records are copied out
+// once and every length and sequence is checked before memory is touched,
+// and a malformed message or record tears the channel down instead of
+// panicking.
 //
 // The host side is Client (NewClient, Call); the plugin side is Serve. Pair
 // makes the socketpair the host hands to the plugin at start. Only Linux has

@@ -98,6 +98,42 @@ func TestConcurrentCallers(t *testing.T) {
 	wg.Wait()
 }
 
+// TestRequestPublishedWhole: many tiny calls of varying length on few
+// slots keep workers scanning the control area while requests are posted,
+// so a worker that could see a new sequence with an old field (length,
+// op, arg) would return a wrong length or wrong bytes here.
+func TestRequestPublishedWhole(t *testing.T) {
+	c := startServe(t, ClientOptions{Slots: 2, SlotInput: 4096}, testHandler, 4)
+	ctx := testCtx(t)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(g), 7))
+			dst := make([]byte, 0, 64)
+			for i := range 5000 {
+				in := randBytes(r, r.IntN(65))
+				arg := int64(r.IntN(256))
+				var err error
+				if dst, err = c.Call(ctx, opXor, arg, in, dst[:0], len(in)); err != nil {
+					t.Errorf("caller %d call %d: %v", g, i, err)
+					return
+				}
+				if len(dst) != len(in) {
+					t.Errorf("caller %d call %d: %d bytes, want %d", g, i, len(dst), len(in))
+					return
+				}
+				for j := range in {
+					if dst[j] != in[j]^byte(arg) {
+						t.Errorf("caller %d call %d: byte %d wrong", g, i, j)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
 func TestCancelInFlightKeepsSlot(t *testing.T) {
 	const opBlock = 100
 	entered := make(chan struct{}, 1)
@@ -348,77 +384,54 @@ func TestZeroAllocsPerCall(t *testing.T) {
 }
 
 func TestHostilePlugin(t *testing.T) {
-	bad := map[string]func(p *fakePlugin, r request) error{
-		"output longer than asked": func(p *fakePlugin, r request) error {
-			return p.complete(completion{slot: r.slot, seq: r.seq, n: r.outCap + 1})
+	bad := map[string]func(p *fakePlugin, slot uint32, r request) error{
+		"output longer than asked": func(p *fakePlugin, slot uint32, r request) error {
+			p.completeWith(slot, completion{seq: r.seq, n: r.outCap + 1})
+			return nil
 		},
-		"output longer than slot": func(p *fakePlugin, r request) error {
-			return p.complete(completion{slot: r.slot, seq: r.seq, n: math.MaxUint32})
+		"output longer than slot": func(p *fakePlugin, slot uint32, r request) error {
+			p.completeWith(slot, completion{seq: r.seq, n: math.MaxUint32})
+			return nil
 		},
-		"error message too long": func(p *fakePlugin, r request) error {
-			return p.complete(completion{slot: r.slot, seq: r.seq, code: 3, n: MaxErrorMessage + 1})
+		"error message too long": func(p *fakePlugin, slot uint32, r request) error {
+			p.completeWith(slot, completion{seq: r.seq, code: 3, n: MaxErrorMessage + 1})
+			return nil
 		},
-		"slot out of range": func(p *fakePlugin, r request) error {
-			return p.complete(completion{slot: p.g.slots, seq: r.seq})
+		"sequence from the future": func(p *fakePlugin, slot uint32, r request) error {
+			p.completeWith(slot, completion{seq: r.seq + 1})
+			return nil
 		},
-		"wrong sequence": func(p *fakePlugin, r request) error {
-			return p.complete(completion{slot: r.slot, seq: r.seq + 1})
+		"sequence from the past": func(p *fakePlugin, slot uint32, r request) error {
+			p.completeWith(slot, completion{seq: r.seq - 2})
+			return nil
 		},
-		"slot not in flight": func(p *fakePlugin, r request) error {
-			return p.complete(completion{slot: (r.slot + 1) % p.g.slots, seq: r.seq})
+		"reserved bits set": func(p *fakePlugin, slot uint32, r request) error {
+			var rec [completionSize]byte
+			encodeCompletion(rec[:], completion{seq: r.seq})
+			rec[15] = 1
+			p.complete(slot, rec)
+			return nil
 		},
-		"duplicate completion": func(p *fakePlugin, r request) error {
-			if err := p.complete(completion{slot: r.slot, seq: r.seq}); err != nil {
-				return err
-			}
-			return p.complete(completion{slot: r.slot, seq: r.seq})
-		},
-		"short message": func(p *fakePlugin, r request) error {
+		"message on the socket": func(p *fakePlugin, slot uint32, r request) error {
 			_, err := p.conn.Write([]byte{4, 0, 0x57, 0x44})
-			return err
-		},
-		"oversized message": func(p *fakePlugin, r request) error {
-			_, err := p.conn.Write(make([]byte, 4096))
-			return err
-		},
-		"request echoed back": func(p *fakePlugin, r request) error {
-			var b [requestSize]byte
-			encodeRequest(b[:], r)
-			_, err := p.conn.Write(b[:])
-			return err
-		},
-		"reserved bits set": func(p *fakePlugin, r request) error {
-			var b [completionSize]byte
-			encodeCompletion(b[:], completion{slot: r.slot, seq: r.seq})
-			b[23] = 1
-			_, err := p.conn.Write(b[:])
 			return err
 		},
 	}
 	for name, misbehave := range bad {
 		t.Run(name, func(t *testing.T) {
 			c := withFake(t, ClientOptions{Slots: 2, SlotInput: 4096, SlotOutput: 4096}, func(p *fakePlugin) {
-				r, err := p.readRequest()
+				slot, r, err := p.readRequest()
 				if err != nil {
 					t.Errorf("fake read request: %v", err)
 					return
 				}
-				if err := misbehave(p, r); err != nil {
+				if err := misbehave(p, slot, r); err != nil {
 					t.Errorf("fake misbehave: %v", err)
 				}
-				// Wait for the client to hang up on us.
-				p.readRequest()
+				p.hangup()
 			})
 			ctx := testCtx(t)
 			_, err := c.Call(ctx, opEcho, 0, []byte("abc"), nil, 3)
-			if name == "duplicate completion" {
-				// The first completion was valid; the duplicate kills the
-				// channel for whoever comes next.
-				if err != nil {
-					t.Fatalf("first call: %v", err)
-				}
-				_, err = c.Call(ctx, opEcho, 0, []byte("abc"), nil, 3)
-			}
 			if !isClosedProtocol(err) {
 				t.Fatalf("got %v, want ErrClosed and ErrProtocol", err)
 			}
@@ -426,6 +439,57 @@ func TestHostilePlugin(t *testing.T) {
 				t.Fatalf("later call: %v", err2)
 			}
 		})
+	}
+}
+
+// TestPluginScribbles: a plugin may write anything anywhere in the arena at
+// any time. The host must neither panic nor read outside the mapping; the
+// worst it may get is wrong bytes or a protocol error.
+func TestPluginScribbles(t *testing.T) {
+	c := withFake(t, ClientOptions{Slots: 2, SlotInput: 4096, SlotOutput: 4096}, func(p *fakePlugin) {
+		rng := rand.New(rand.NewPCG(1, 2))
+		for {
+			slot, r, err := p.readRequest()
+			if err != nil {
+				return
+			}
+			// Garbage over the whole control area (header, both slots'
+			// words) and the output, then a completion that is valid
+			// for this request.
+			for i := range p.g.ctlSize() {
+				p.mem[i] = byte(rng.Uint32())
+			}
+			for i := range r.outCap {
+				p.mem[p.g.outOff(slot)+uint64(i)] = byte(rng.Uint32())
+			}
+			for i := range p.g.slots {
+				p.seen[i] = atomic.LoadUint32(word(p.mem, p.g.ctlOff(i)+slotReqSeq))
+			}
+			p.completeWith(slot, completion{seq: r.seq, n: r.outCap})
+			if r.op == opFail {
+				p.hangup()
+				return
+			}
+		}
+	})
+	ctx := testCtx(t)
+	sawClosed := false
+	for range 20 {
+		out, err := c.Call(ctx, opEcho, 0, []byte("abc"), nil, 3)
+		if err != nil {
+			if !errors.Is(err, ErrClosed) {
+				t.Fatalf("call: %v", err)
+			}
+			sawClosed = true
+			break
+		}
+		if len(out) != 3 {
+			t.Fatalf("got %d bytes, asked for 3", len(out))
+		}
+	}
+	if !sawClosed {
+		// The scribbles never hit a checked word; end the fake cleanly.
+		c.Call(ctx, opFail, 0, nil, nil, 0)
 	}
 }
 
@@ -487,7 +551,7 @@ func TestHandshakeFailures(t *testing.T) {
 		defer cancel()
 		err := run(t, ctx, func(p *fakePlugin) {
 			p.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-			p.readRequest() // returns when the client gives up and closes
+			p.hangup() // returns when the client gives up and closes
 		})
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("got %v", err)
@@ -615,41 +679,27 @@ func TestHostileHostHello(t *testing.T) {
 
 func TestHostileHostRequests(t *testing.T) {
 	g := mustGeometry(t, 2, 4096, 8192)
-	ok := request{slot: 1, seq: 1, op: opEcho, inOff: g.inOff(1), inLen: 10, outOff: g.outOff(1), outCap: 10}
+	ok := request{seq: 1, op: opEcho, inLen: 10, outCap: 10}
 	cases := map[string]func(r request) request{
-		"slot out of range":   func(r request) request { r.slot = 2; return r },
-		"input in other slot": func(r request) request { r.inOff = g.inOff(0); return r },
-		"input past slot":     func(r request) request { r.inLen = 4097; return r },
-		"input offset wraps":  func(r request) request { r.inOff = math.MaxUint64 - 4; return r },
-		"output over input":   func(r request) request { r.outOff = g.inOff(1); return r },
-		"output past arena":   func(r request) request { r.outCap = 8193; return r },
-		"output offset wraps": func(r request) request { r.outOff = math.MaxUint64; r.outCap = 1; return r },
-		"output beyond arena": func(r request) request { r.outOff = g.size() + 4096; r.outCap = 0; return r },
+		"input past slot":  func(r request) request { r.inLen = 4097; return r },
+		"input huge":       func(r request) request { r.inLen = math.MaxUint32; return r },
+		"output past slot": func(r request) request { r.outCap = 8193; return r },
+		"output huge":      func(r request) request { r.outCap = math.MaxUint32; return r },
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {
 			var calls int64
 			var mu sync.Mutex
 			r := serveRaw(t, &calls, &mu)
-			r.handshake(t, g)
+			mem := r.handshake(t, g)
 			// One good request first: the channel works until the bad one.
-			var b [requestSize]byte
-			encodeRequest(b[:], ok)
-			if _, err := r.conn.Write(b[:]); err != nil {
-				t.Fatal(err)
+			r.post(mem, g, 1, ok)
+			if c := r.awaitDone(t, mem, g, 1, 1); c.code != 0 || c.n != 10 {
+				t.Fatalf("good request: %+v", c)
 			}
-			var cb [maxMessage]byte
-			n, err := r.conn.Read(cb[:])
-			if err != nil {
-				t.Fatal(err)
-			}
-			if c, err := decodeCompletion(cb[:n]); err != nil || c.code != 0 || c.n != 10 {
-				t.Fatalf("good request: %+v, %v", c, err)
-			}
-			encodeRequest(b[:], mutate(ok))
-			if _, err := r.conn.Write(b[:]); err != nil {
-				t.Fatal(err)
-			}
+			bad := mutate(ok)
+			bad.seq = 2
+			r.post(mem, g, 1, bad)
 			if err := r.serveErr(t); !errors.Is(err, ErrProtocol) {
 				t.Fatalf("Serve: %v, want ErrProtocol", err)
 			}
@@ -660,12 +710,30 @@ func TestHostileHostRequests(t *testing.T) {
 			}
 		})
 	}
-	t.Run("malformed message", func(t *testing.T) {
+	t.Run("reserved field set", func(t *testing.T) {
+		var calls int64
+		var mu sync.Mutex
+		r := serveRaw(t, &calls, &mu)
+		mem := r.handshake(t, g)
+		var rec [requestSize]byte
+		encodeRequest(rec[:], ok)
+		rec[24] = 1
+		r.postRaw(mem, g, 0, rec)
+		if err := r.serveErr(t); !errors.Is(err, ErrProtocol) {
+			t.Fatalf("Serve: %v, want ErrProtocol", err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if calls != 0 {
+			t.Fatalf("handler ran %d times", calls)
+		}
+	})
+	t.Run("message after hello", func(t *testing.T) {
 		var calls int64
 		var mu sync.Mutex
 		r := serveRaw(t, &calls, &mu)
 		r.handshake(t, g)
-		if _, err := r.conn.Write(make([]byte, requestSize-1)); err != nil {
+		if _, err := r.conn.Write(make([]byte, 48)); err != nil {
 			t.Fatal(err)
 		}
 		if err := r.serveErr(t); !errors.Is(err, ErrProtocol) {

@@ -5,6 +5,7 @@ package shm
 import (
 	"context"
 	"os"
+	"time"
 )
 
 // Client is the host side of a shared-memory channel. On this platform no
@@ -30,6 +31,11 @@ func (c *Client) Call(ctx context.Context, op uint32, arg int64, in, dst []byte,
 }
 
 // Close does nothing.
+// CallTimeout never runs: NewClient never returns a Client here.
+func (c *Client) CallTimeout(ctx context.Context, timeout time.Duration, op uint32, arg int64, in, dst []byte, maxOut int) ([]byte, error) {
+	return dst, ErrUnsupported
+}
+
 func (c *Client) Close() error { return nil }
 
 // Done returns a closed channel: there is never a live channel here.

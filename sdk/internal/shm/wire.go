@@ -5,29 +5,76 @@ import (
 	"fmt"
 )
 
-// Wire format. Every message is one SOCK_SEQPACKET datagram of a fixed size,
-// little-endian, beginning with a 4-byte type. Sizes are exact: a datagram of
-// any other length is a protocol violation. docs/dataplane.md draws the
-// layouts.
+// Wire format, version 2. Two kinds of message:
+//
+//   - hello and ack, one SOCK_SEQPACKET datagram each, at setup. Sizes are
+//     exact: a datagram of any other length is a protocol violation. After
+//     the ack nothing more travels over the socket; it stays open only so
+//     that each side sees the other's exit as EOF.
+//   - request and completion records, written in place in the arena's
+//     control area (one 64-byte block per slot) and announced through
+//     futex words next to them.
+//
+// docs/dataplane.md draws the layouts.
 
 const (
 	// protocolVersion is carried in hello/ack; a plugin refuses others.
-	protocolVersion = 1
+	// Version 1 carried requests and completions as datagrams.
+	protocolVersion = 2
 
-	typeHello      uint32 = 0x44570001 // "DW" + 1, host -> plugin, carries the memfd
-	typeAck        uint32 = 0x44570002 // plugin -> host
-	typeRequest    uint32 = 0x44570003 // host -> plugin
-	typeCompletion uint32 = 0x44570004 // plugin -> host
+	typeHello uint32 = 0x44570001 // "DW" + 1, host -> plugin, carries the memfd
+	typeAck   uint32 = 0x44570002 // plugin -> host
 
-	helloSize      = 32
-	ackSize        = 16
-	requestSize    = 48
-	completionSize = 24
+	helloSize = 32
+	ackSize   = 16
 
 	// maxMessage is the receive buffer size: larger than every message so
 	// that an oversized datagram shows up as a wrong length, not as a
 	// silently truncated valid one.
 	maxMessage = 64
+)
+
+// Control area: a 64-byte header, then one 64-byte block per slot, rounded
+// up to whole pages. 64 bytes is a cache line, so two slots never share one.
+//
+// Header:
+//
+//	0  u32 doorbell: futex word; the host adds 1 after posting a request,
+//	       the plugin adds 1 when it stops serving
+//	4  u32 sleepers: plugin workers parked (or about to park) on doorbell
+//
+// Slot block:
+//
+//	0  u32 request sequence: the host stores it last, which posts the request
+//	4  u32 op
+//	8  i64 arg
+//	16 u32 input length
+//	20 u32 output capacity
+//	24 u64 reserved, zero
+//	32 u32 completion sequence: the plugin stores it last, which completes
+//	       the request with that sequence
+//	36 u32 code
+//	40 u32 n
+//	44 u32 reserved, zero
+//	48 u32 host wake: futex word the host sleeps on; the plugin adds 1 after
+//	       a completion if host parked is set, the host adds 1 at teardown
+//	52 u32 host parked: 1 while the host may sleep on host wake
+//	56 u64 reserved
+const (
+	ctlBlock = 64
+
+	hdrDoorbell = 0
+	hdrSleepers = 4
+
+	slotReqSeq  = 0
+	slotReq     = 0 // the request record: 32 bytes from here
+	slotDoneSeq = 32
+	slotDone    = 32 // the completion record: 16 bytes from here
+	slotWake    = 48
+	slotParked  = 52
+
+	requestSize    = 32
+	completionSize = 16
 )
 
 // Arena limits. They keep every offset computation far from overflow and
@@ -80,33 +127,20 @@ func newGeometry(slots, slotIn, slotOut uint32) (geometry, error) {
 	return g, nil
 }
 
+// ctlSize is the control area: header plus one block per slot, in whole
+// pages so that the data regions after it stay page aligned.
+func (g geometry) ctlSize() uint64 {
+	return (uint64(g.slots+1)*ctlBlock + pageSize - 1) &^ (pageSize - 1)
+}
+
 func (g geometry) stride() uint64 { return uint64(g.slotIn) + uint64(g.slotOut) }
-func (g geometry) size() uint64   { return uint64(g.slots) * g.stride() }
+func (g geometry) size() uint64   { return g.ctlSize() + uint64(g.slots)*g.stride() }
 
-// inOff and outOff are where slot i's regions start.
-func (g geometry) inOff(i uint32) uint64  { return uint64(i) * g.stride() }
-func (g geometry) outOff(i uint32) uint64 { return uint64(i)*g.stride() + uint64(g.slotIn) }
-
-// checkRequest proves a request's regions lie inside its own slot (hence
-// inside the arena) before the plugin slices shared memory with them.
-func (g geometry) checkRequest(r request) error {
-	if r.slot >= g.slots {
-		return fmt.Errorf("request slot %d: %w: only %d slots", r.slot, ErrProtocol, g.slots)
-	}
-	if !within(r.inOff, r.inLen, g.inOff(r.slot), g.slotIn) {
-		return fmt.Errorf("request slot %d: %w: input [%d,+%d) outside slot input region", r.slot, ErrProtocol, r.inOff, r.inLen)
-	}
-	if !within(r.outOff, r.outCap, g.outOff(r.slot), g.slotOut) {
-		return fmt.Errorf("request slot %d: %w: output [%d,+%d) outside slot output region", r.slot, ErrProtocol, r.outOff, r.outCap)
-	}
-	return nil
-}
-
-// within reports whether [off, off+n) lies inside [start, start+size)
-// without computing off+n, which a hostile off could overflow.
-func within(off uint64, n uint32, start uint64, size uint32) bool {
-	return off >= start && off-start <= uint64(size) && uint64(n) <= uint64(size)-(off-start)
-}
+// ctlOff is where slot i's control block starts; inOff and outOff are where
+// its data regions start.
+func (g geometry) ctlOff(i uint32) uint64 { return uint64(i+1) * ctlBlock }
+func (g geometry) inOff(i uint32) uint64  { return g.ctlSize() + uint64(i)*g.stride() }
+func (g geometry) outOff(i uint32) uint64 { return g.inOff(i) + uint64(g.slotIn) }
 
 type hello struct {
 	version uint32
@@ -179,100 +213,95 @@ func decodeAck(b []byte) (ack, error) {
 	return ack{version: le.Uint32(b[4:]), status: le.Uint32(b[8:])}, nil
 }
 
+// request is what the host asks of one slot. The slot's data regions are
+// fixed by the geometry, so a request carries lengths, not offsets.
 type request struct {
-	slot   uint32
 	seq    uint32
 	op     uint32
 	arg    int64
-	inOff  uint64
-	outOff uint64
 	inLen  uint32
 	outCap uint32
 }
 
-// Request layout (48 bytes):
-//
-//	0  u32 type = typeRequest
-//	4  u32 slot index
-//	8  u32 sequence (per slot; echoed in the completion)
-//	12 u32 op (opaque)
-//	16 i64 arg (opaque)
-//	24 u64 input offset in the arena
-//	32 u64 output offset in the arena
-//	40 u32 input length
-//	44 u32 output capacity
+// encodeRequest writes the request record, sequence included. The host
+// writes the fields other than the sequence first and publishes with an
+// atomic store of the sequence (postRequest); this encoder is the layout.
 func encodeRequest(b []byte, r request) {
 	_ = b[requestSize-1]
-	le.PutUint32(b[0:], typeRequest)
-	le.PutUint32(b[4:], r.slot)
-	le.PutUint32(b[8:], r.seq)
-	le.PutUint32(b[12:], r.op)
-	le.PutUint64(b[16:], uint64(r.arg))
-	le.PutUint64(b[24:], r.inOff)
-	le.PutUint64(b[32:], r.outOff)
-	le.PutUint32(b[40:], r.inLen)
-	le.PutUint32(b[44:], r.outCap)
+	le.PutUint32(b[0:], r.seq)
+	le.PutUint32(b[4:], r.op)
+	le.PutUint64(b[8:], uint64(r.arg))
+	le.PutUint32(b[16:], r.inLen)
+	le.PutUint32(b[20:], r.outCap)
+	le.PutUint64(b[24:], 0)
 }
 
-// decodeRequest checks the framing; geometry.checkRequest checks the
-// ranges against the arena.
-func decodeRequest(b []byte) (request, error) {
-	if err := checkFrame(b, typeRequest, requestSize, "request"); err != nil {
-		return request{}, err
+// decodeRequest reads a request record the plugin copied out of shared
+// memory and checks it against the slot's regions, so that everything the
+// handler is given lies inside its own slot. want is the sequence the
+// worker claimed: a record that changed while it was copied is refused.
+func decodeRequest(b []byte, g geometry, want uint32) (request, error) {
+	if len(b) != requestSize {
+		return request{}, fmt.Errorf("decode request: %w: %d bytes, want %d", ErrProtocol, len(b), requestSize)
 	}
-	return request{
-		slot:   le.Uint32(b[4:]),
-		seq:    le.Uint32(b[8:]),
-		op:     le.Uint32(b[12:]),
-		arg:    int64(le.Uint64(b[16:])),
-		inOff:  le.Uint64(b[24:]),
-		outOff: le.Uint64(b[32:]),
-		inLen:  le.Uint32(b[40:]),
-		outCap: le.Uint32(b[44:]),
-	}, nil
+	r := request{
+		seq:    le.Uint32(b[0:]),
+		op:     le.Uint32(b[4:]),
+		arg:    int64(le.Uint64(b[8:])),
+		inLen:  le.Uint32(b[16:]),
+		outCap: le.Uint32(b[20:]),
+	}
+	switch {
+	case r.seq != want:
+		return request{}, fmt.Errorf("decode request: %w: sequence %d changed to %d while read", ErrProtocol, want, r.seq)
+	case le.Uint64(b[24:]) != 0:
+		return request{}, fmt.Errorf("decode request %d: %w: reserved field not zero", r.seq, ErrProtocol)
+	case r.inLen > g.slotIn:
+		return request{}, fmt.Errorf("decode request %d: %w: input %d bytes, slot holds %d", r.seq, ErrProtocol, r.inLen, g.slotIn)
+	case r.outCap > g.slotOut:
+		return request{}, fmt.Errorf("decode request %d: %w: output capacity %d bytes, slot holds %d", r.seq, ErrProtocol, r.outCap, g.slotOut)
+	}
+	return r, nil
 }
 
 type completion struct {
-	slot uint32
 	seq  uint32
 	code uint32
 	n    uint32
 }
 
-// Completion layout (24 bytes):
-//
-//	0  u32 type = typeCompletion
-//	4  u32 slot index
-//	8  u32 sequence of the request it completes
-//	12 u32 code (0 = success)
-//	16 u32 n: output bytes on success, error-message bytes otherwise; both
-//	       start at the request's output offset
-//	20 u32 reserved, zero
+// encodeCompletion writes the completion record. The plugin writes code
+// and n first and publishes with an atomic store of the sequence.
 func encodeCompletion(b []byte, c completion) {
 	_ = b[completionSize-1]
-	le.PutUint32(b[0:], typeCompletion)
-	le.PutUint32(b[4:], c.slot)
-	le.PutUint32(b[8:], c.seq)
-	le.PutUint32(b[12:], c.code)
-	le.PutUint32(b[16:], c.n)
-	le.PutUint32(b[20:], 0)
+	le.PutUint32(b[0:], c.seq)
+	le.PutUint32(b[4:], c.code)
+	le.PutUint32(b[8:], c.n)
+	le.PutUint32(b[12:], 0)
 }
 
-// decodeCompletion checks the framing; the client checks the id is in
-// flight and n fits what was asked.
-func decodeCompletion(b []byte) (completion, error) {
-	if err := checkFrame(b, typeCompletion, completionSize, "completion"); err != nil {
-		return completion{}, err
+// decodeCompletion reads a completion record the host copied out of shared
+// memory for the request (seq, outCap) it sent. The sequence must be the
+// request's; n must fit what was asked (outCap for a result, errLimit for
+// an error message). Everything else is refused: the plugin is untrusted.
+func decodeCompletion(b []byte, seq, outCap, errLimit uint32) (completion, error) {
+	if len(b) != completionSize {
+		return completion{}, fmt.Errorf("decode completion: %w: %d bytes, want %d", ErrProtocol, len(b), completionSize)
 	}
-	if le.Uint32(b[20:]) != 0 {
-		return completion{}, fmt.Errorf("decode completion: %w: reserved field not zero", ErrProtocol)
+	c := completion{seq: le.Uint32(b[0:]), code: le.Uint32(b[4:]), n: le.Uint32(b[8:])}
+	limit := outCap
+	if c.code != 0 {
+		limit = errLimit
 	}
-	return completion{
-		slot: le.Uint32(b[4:]),
-		seq:  le.Uint32(b[8:]),
-		code: le.Uint32(b[12:]),
-		n:    le.Uint32(b[16:]),
-	}, nil
+	switch {
+	case c.seq != seq:
+		return completion{}, fmt.Errorf("decode completion: %w: sequence %d, request was %d", ErrProtocol, c.seq, seq)
+	case le.Uint32(b[12:]) != 0:
+		return completion{}, fmt.Errorf("decode completion %d: %w: reserved field not zero", seq, ErrProtocol)
+	case c.n > limit:
+		return completion{}, fmt.Errorf("decode completion %d: %w: %d bytes, at most %d allowed", seq, ErrProtocol, c.n, limit)
+	}
+	return c, nil
 }
 
 // checkFrame allocates only when it fails, so decoding on the hot path is

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"math"
-	"math/bits"
 	"testing"
 )
 
@@ -18,30 +17,31 @@ func mustGeometry(t testing.TB, slots, in, out uint32) geometry {
 }
 
 func TestWireRoundTrip(t *testing.T) {
-	r := request{slot: 3, seq: 0xFFFFFFFF, op: 7, arg: -42, inOff: 1 << 40, outOff: 12345, inLen: 99, outCap: 1 << 20}
+	g := mustGeometry(t, 2, 1<<20, 1<<20)
+	r := request{seq: 0xFFFFFFFF, op: 7, arg: -42, inLen: 99, outCap: 1 << 20}
 	var b [requestSize]byte
 	encodeRequest(b[:], r)
-	got, err := decodeRequest(b[:])
+	got, err := decodeRequest(b[:], g, r.seq)
 	if err != nil || got != r {
 		t.Fatalf("request round trip: got %+v, %v; want %+v", got, err, r)
 	}
-	// Byte positions are the documented wire format; pin a few.
-	if le.Uint32(b[0:]) != typeRequest || le.Uint32(b[4:]) != 3 || int64(le.Uint64(b[16:])) != -42 || le.Uint32(b[44:]) != 1<<20 {
+	// Byte positions are the documented layout; pin a few.
+	if le.Uint32(b[0:]) != 0xFFFFFFFF || le.Uint32(b[4:]) != 7 || int64(le.Uint64(b[8:])) != -42 || le.Uint32(b[20:]) != 1<<20 {
 		t.Fatalf("request layout changed: % x", b)
 	}
 
-	c := completion{slot: 9, seq: 5, code: 17, n: 4096}
+	c := completion{seq: 5, code: 17, n: 4096}
 	var cb [completionSize]byte
 	encodeCompletion(cb[:], c)
-	gotc, err := decodeCompletion(cb[:])
+	gotc, err := decodeCompletion(cb[:], 5, 0, MaxErrorMessage)
 	if err != nil || gotc != c {
 		t.Fatalf("completion round trip: got %+v, %v", gotc, err)
 	}
-	if le.Uint32(cb[12:]) != 17 || le.Uint32(cb[16:]) != 4096 {
+	if le.Uint32(cb[0:]) != 5 || le.Uint32(cb[4:]) != 17 || le.Uint32(cb[8:]) != 4096 {
 		t.Fatalf("completion layout changed: % x", cb)
 	}
 
-	h := hello{version: protocolVersion, geometry: geometry{slots: 2, slotIn: 4096, slotOut: 8192}, arenaSize: 24576}
+	h := hello{version: protocolVersion, geometry: geometry{slots: 2, slotIn: 4096, slotOut: 8192}, arenaSize: 4096 + 24576}
 	var hb [helloSize]byte
 	encodeHello(hb[:], h)
 	goth, err := decodeHello(hb[:])
@@ -59,26 +59,55 @@ func TestWireRoundTrip(t *testing.T) {
 }
 
 func TestDecodeRejects(t *testing.T) {
-	var b [maxMessage]byte
-	encodeRequest(b[:], request{slot: 1})
-	cases := map[string][]byte{
-		"empty":      nil,
-		"short":      b[:requestSize-1],
-		"long":       b[:requestSize+1],
-		"wrong type": func() []byte { x := bytes.Clone(b[:requestSize]); x[0] ^= 1; return x }(),
+	g := mustGeometry(t, 2, 4096, 8192)
+	ok := request{seq: 3, op: 1, inLen: 4096, outCap: 8192}
+	var b [requestSize]byte
+	encodeRequest(b[:], ok)
+	if _, err := decodeRequest(b[:], g, 3); err != nil {
+		t.Fatalf("full-slot request rejected: %v", err)
 	}
-	for name, msg := range cases {
-		if _, err := decodeRequest(msg); !errors.Is(err, ErrProtocol) {
+	mut := map[string]func(x []byte) []byte{
+		"empty":                   func(x []byte) []byte { return nil },
+		"short":                   func(x []byte) []byte { return x[:requestSize-1] },
+		"long":                    func(x []byte) []byte { return append(x, 0) },
+		"sequence changed":        func(x []byte) []byte { le.PutUint32(x[0:], 4); return x },
+		"reserved set":            func(x []byte) []byte { x[31] = 1; return x },
+		"input one byte too long": func(x []byte) []byte { le.PutUint32(x[16:], 4097); return x },
+		"input huge":              func(x []byte) []byte { le.PutUint32(x[16:], math.MaxUint32); return x },
+		"output one byte too long": func(x []byte) []byte {
+			le.PutUint32(x[20:], 8193)
+			return x
+		},
+	}
+	for name, m := range mut {
+		if _, err := decodeRequest(m(bytes.Clone(b[:])), g, 3); !errors.Is(err, ErrProtocol) {
 			t.Errorf("request %s: err %v, want ErrProtocol", name, err)
 		}
 	}
-	encodeCompletion(b[:], completion{slot: 1, n: 3})
-	le.PutUint32(b[20:], 1)
-	if _, err := decodeCompletion(b[:completionSize]); !errors.Is(err, ErrProtocol) {
-		t.Errorf("completion with reserved bits: err %v, want ErrProtocol", err)
+
+	var cb [completionSize]byte
+	encodeCompletion(cb[:], completion{seq: 9, n: 100})
+	if _, err := decodeCompletion(cb[:], 9, 100, MaxErrorMessage); err != nil {
+		t.Fatalf("exact-size completion rejected: %v", err)
 	}
-	if _, err := decodeCompletion(b[:requestSize]); !errors.Is(err, ErrProtocol) {
-		t.Errorf("completion of request size: err %v, want ErrProtocol", err)
+	cmut := map[string]func(x []byte) []byte{
+		"short":          func(x []byte) []byte { return x[:completionSize-1] },
+		"wrong sequence": func(x []byte) []byte { le.PutUint32(x[0:], 8); return x },
+		"reserved set":   func(x []byte) []byte { x[15] = 1; return x },
+		"output longer than asked": func(x []byte) []byte {
+			le.PutUint32(x[8:], 101)
+			return x
+		},
+		"error message too long": func(x []byte) []byte {
+			le.PutUint32(x[4:], 3)
+			le.PutUint32(x[8:], MaxErrorMessage+1)
+			return x
+		},
+	}
+	for name, m := range cmut {
+		if _, err := decodeCompletion(m(bytes.Clone(cb[:])), 9, 100, MaxErrorMessage); !errors.Is(err, ErrProtocol) {
+			t.Errorf("completion %s: err %v, want ErrProtocol", name, err)
+		}
 	}
 }
 
@@ -98,8 +127,12 @@ func TestGeometryLimits(t *testing.T) {
 		}
 	}
 	g := mustGeometry(t, 4, 8192, 4096)
-	if g.size() != 4*12288 || g.inOff(2) != 2*12288 || g.outOff(2) != 2*12288+8192 {
+	if g.ctlSize() != pageSize || g.size() != pageSize+4*12288 || g.inOff(2) != pageSize+2*12288 || g.outOff(2) != pageSize+2*12288+8192 || g.ctlOff(3) != 4*ctlBlock {
 		t.Fatalf("layout: size %d in(2) %d out(2) %d", g.size(), g.inOff(2), g.outOff(2))
+	}
+	// 63 slots and the header fill the first page exactly; 64 need two.
+	if mustGeometry(t, 63, 4096, 4096).ctlSize() != pageSize || mustGeometry(t, 64, 4096, 4096).ctlSize() != 2*pageSize {
+		t.Fatal("control area not rounded to pages")
 	}
 	o, err := ClientOptions{Slots: 3, SlotInput: 5000, SlotOutput: 1}.geometry()
 	if err != nil || o.slots != 3 || o.slotIn != 8192 || o.slotOut != 4096 {
@@ -115,37 +148,6 @@ func TestGeometryLimits(t *testing.T) {
 	}
 }
 
-func TestCheckRequest(t *testing.T) {
-	g := mustGeometry(t, 2, 4096, 8192)
-	ok := request{slot: 1, inOff: g.inOff(1), inLen: 4096, outOff: g.outOff(1), outCap: 8192}
-	if err := g.checkRequest(ok); err != nil {
-		t.Fatalf("full-slot request rejected: %v", err)
-	}
-	mut := map[string]func(r *request){
-		"slot out of range":       func(r *request) { r.slot = 2 },
-		"input in other slot":     func(r *request) { r.inOff = g.inOff(0) },
-		"input one byte too long": func(r *request) { r.inLen = 4097 },
-		"input runs into output":  func(r *request) { r.inOff += 1; r.inLen = 4096 },
-		"input offset overflows":  func(r *request) { r.inOff = math.MaxUint64; r.inLen = 2 },
-		"output in input region":  func(r *request) { r.outOff = g.inOff(1) },
-		"output past arena":       func(r *request) { r.outOff = g.size(); r.outCap = 1 },
-		"output too long":         func(r *request) { r.outCap = 8193 },
-		"output offset overflows": func(r *request) { r.outOff = math.MaxUint64 - 10; r.outCap = 100 },
-	}
-	for name, m := range mut {
-		r := ok
-		m(&r)
-		if err := g.checkRequest(r); !errors.Is(err, ErrProtocol) {
-			t.Errorf("%s: err %v, want ErrProtocol", name, err)
-		}
-	}
-	// Zero-length regions at the very end of a slot are legal.
-	end := request{slot: 1, inOff: g.outOff(1), outOff: g.size()}
-	if err := g.checkRequest(end); err != nil {
-		t.Errorf("empty regions at slot end rejected: %v", err)
-	}
-}
-
 // fuzzGeometry derives a valid geometry from fuzzer input so that the range
 // checks are exercised on many layouts.
 func fuzzGeometry(t *testing.T, slots, in, out uint32) geometry {
@@ -153,15 +155,15 @@ func fuzzGeometry(t *testing.T, slots, in, out uint32) geometry {
 }
 
 func FuzzDecodeRequest(f *testing.F) {
-	g := geometry{slots: 4, slotIn: 4096, slotOut: 8192}
 	var b [requestSize]byte
-	encodeRequest(b[:], request{slot: 2, seq: 1, op: 1, inOff: g.inOff(2), inLen: 100, outOff: g.outOff(2), outCap: 8192})
-	f.Add(bytes.Clone(b[:]), uint32(3), uint32(0), uint32(1))
-	encodeRequest(b[:], request{slot: 0, inOff: math.MaxUint64, inLen: 2})
-	f.Add(bytes.Clone(b[:]), uint32(0), uint32(0), uint32(0))
-	f.Add([]byte{1, 2, 3}, uint32(1), uint32(1), uint32(1))
-	f.Fuzz(func(t *testing.T, data []byte, slots, in, out uint32) {
-		r, err := decodeRequest(data)
+	encodeRequest(b[:], request{seq: 1, op: 1, inLen: 100, outCap: 8192})
+	f.Add(bytes.Clone(b[:]), uint32(1), uint32(3), uint32(0), uint32(1))
+	encodeRequest(b[:], request{seq: 7, inLen: math.MaxUint32, outCap: 2})
+	f.Add(bytes.Clone(b[:]), uint32(7), uint32(0), uint32(0), uint32(0))
+	f.Add([]byte{1, 2, 3}, uint32(0), uint32(1), uint32(1), uint32(1))
+	f.Fuzz(func(t *testing.T, data []byte, want, slots, in, out uint32) {
+		g := fuzzGeometry(t, slots, in, out)
+		r, err := decodeRequest(data, g, want)
 		if err != nil {
 			if !errors.Is(err, ErrProtocol) {
 				t.Fatalf("decode error %v does not wrap ErrProtocol", err)
@@ -171,36 +173,29 @@ func FuzzDecodeRequest(f *testing.F) {
 		var re [requestSize]byte
 		encodeRequest(re[:], r)
 		if !bytes.Equal(re[:], data) {
-			t.Fatalf("re-encoding changed the message:\n% x\n% x", data, re)
+			t.Fatalf("re-encoding changed the record:\n% x\n% x", data, re)
 		}
-		g := fuzzGeometry(t, slots, in, out)
-		if err := g.checkRequest(r); err != nil {
-			return
-		}
-		// Independently of within(): both regions end inside their own
-		// half of their own slot, with no wrap-around.
-		inEnd, c1 := bits.Add64(r.inOff, uint64(r.inLen), 0)
-		outEnd, c2 := bits.Add64(r.outOff, uint64(r.outCap), 0)
-		slotStart := uint64(r.slot) * (uint64(g.slotIn) + uint64(g.slotOut))
-		if c1 != 0 || c2 != 0 || r.slot >= g.slots ||
-			r.inOff < slotStart || inEnd > slotStart+uint64(g.slotIn) ||
-			r.outOff < slotStart+uint64(g.slotIn) || outEnd > slotStart+uint64(g.slotIn)+uint64(g.slotOut) ||
-			outEnd > g.size() {
-			t.Fatalf("accepted request escapes its slot: %+v in %+v", r, g)
+		// What the plugin slices next, for every slot: both regions end
+		// inside their own half of the slot, inside the arena.
+		for _, i := range []uint32{0, g.slots - 1} {
+			if r.seq != want || g.inOff(i)+uint64(r.inLen) > g.outOff(i) ||
+				g.outOff(i)+uint64(r.outCap) > g.inOff(i)+g.stride() || g.inOff(i)+g.stride() > g.size() {
+				t.Fatalf("accepted request escapes slot %d: %+v in %+v", i, r, g)
+			}
 		}
 	})
 }
 
 func FuzzDecodeCompletion(f *testing.F) {
 	var b [completionSize]byte
-	encodeCompletion(b[:], completion{slot: 1, seq: 2, code: 0, n: 4096})
-	f.Add(bytes.Clone(b[:]))
-	encodeCompletion(b[:], completion{slot: 1, seq: 2, code: 9, n: 12})
-	f.Add(bytes.Clone(b[:]))
-	f.Add(make([]byte, completionSize))
-	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := decodeCompletion(data)
+	encodeCompletion(b[:], completion{seq: 2, code: 0, n: 4096})
+	f.Add(bytes.Clone(b[:]), uint32(2), uint32(4096))
+	encodeCompletion(b[:], completion{seq: 2, code: 9, n: 12})
+	f.Add(bytes.Clone(b[:]), uint32(2), uint32(0))
+	f.Add(make([]byte, completionSize), uint32(0), uint32(0))
+	f.Add([]byte{}, uint32(1), uint32(1))
+	f.Fuzz(func(t *testing.T, data []byte, seq, outCap uint32) {
+		c, err := decodeCompletion(data, seq, outCap, MaxErrorMessage)
 		if err != nil {
 			if !errors.Is(err, ErrProtocol) {
 				t.Fatalf("decode error %v does not wrap ErrProtocol", err)
@@ -210,7 +205,11 @@ func FuzzDecodeCompletion(f *testing.F) {
 		var re [completionSize]byte
 		encodeCompletion(re[:], c)
 		if !bytes.Equal(re[:], data) {
-			t.Fatalf("re-encoding changed the message:\n% x\n% x", data, re)
+			t.Fatalf("re-encoding changed the record:\n% x\n% x", data, re)
+		}
+		// What the host slices next.
+		if c.seq != seq || (c.code == 0 && c.n > outCap) || (c.code != 0 && c.n > MaxErrorMessage) {
+			t.Fatalf("accepted completion %+v for seq %d, outCap %d", c, seq, outCap)
 		}
 	})
 }
