@@ -31,6 +31,14 @@ func TestDriverAttachMigrate(t *testing.T) {
 	if err := d.withMonitor(ctx, src.qmp, func(mon *monitor) error { return mon.run(ctx, "cont", nil, nil) }); err != nil {
 		t.Fatal(err)
 	}
+	// As if the VM had arrived by an earlier multifd migration, throttled:
+	// DWCP must not inherit those (checkParams below wants them off).
+	if err := d.withMonitor(ctx, src.qmp, func(mon *monitor) error {
+		return mon.run(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []migrationCapability{
+			{Capability: "multifd", State: true}, {Capability: "auto-converge", State: true}}}, nil)
+	}); err != nil {
+		t.Fatal(err)
+	}
 
 	in, out := filepath.Join(dir, "in.sock"), filepath.Join(dir, "out.sock")
 	params := hypervisor.Params{

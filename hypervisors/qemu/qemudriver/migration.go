@@ -233,6 +233,13 @@ func (d *Driver) prepareSource(ctx context.Context, m *migration, p hypervisor.P
 // MIGRATION_PASS events.
 var alwaysOn = []string{"return-path", "events"}
 
+// offUnlessAsked are capabilities a VM keeps from an earlier migration
+// (one that arrived by xbzrle keeps xbzrle on) and that change what QEMU
+// sends or how: DWCP turns them off unless the host asks for them, so that
+// a migration's stream and pace do not depend on the VM's history. multifd
+// in particular would open more connections than the host's socket takes.
+var offUnlessAsked = []string{"xbzrle", "compress", "multifd", "auto-converge", "postcopy-ram", "release-ram"}
+
 // setCapabilities turns on alwaysOn and the extra capabilities. An extra
 // entry is a capability name ("xbzrle"), or name=on/off to set a state.
 func setCapabilities(ctx context.Context, mon *monitor, extra []string) error {
@@ -245,6 +252,11 @@ func setCapabilities(ctx context.Context, mon *monitor, extra []string) error {
 		known[c.Capability] = true
 	}
 	want := map[string]bool{}
+	for _, c := range offUnlessAsked {
+		if known[c] {
+			want[c] = false
+		}
+	}
 	for _, c := range alwaysOn {
 		want[c] = true
 	}
