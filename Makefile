@@ -12,15 +12,18 @@ PLUGINS := plugins/zstd plugins/s2 plugins/lz4 plugins/passthrough accel/simd ac
 # Every module of the workspace, for test and lint.
 MODULES := . sdk examples/flatecodec
 
+REPORT_DIR ?= report
+
 GUEST_DIR ?= $(if $(DWCP_CACHE),$(DWCP_CACHE)/guest,$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/dwcp/guest)
 
-.PHONY: help build demo test test-short bench lint fmt proto proto-check clean guest streams fuzz
+.PHONY: help build demo test test-short bench report report-quick lint fmt proto proto-check clean guest streams fuzz
 
 help:
 	@echo "make demo        build everything, migrate a live guest through DWCP and with QEMU, compare"
 	@echo "make test        the whole test suite (race detector on)"
 	@echo "make build       dwcp and every plugin into $(BIN)/, catalog pinned"
 	@echo "make bench       benchmarks (ratios against same-run baselines)"
+	@echo "make report      the performance validation report into $(REPORT_DIR)/ (full run; report-quick: minutes)"
 	@echo "make lint        go vet, staticcheck, gofmt"
 	@echo "make proto       regenerate protobuf code with pinned generators"
 
@@ -54,6 +57,12 @@ bench:
 	@set -e; for m in $(MODULES); do \
 		(cd $$m && $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./... | grep -v '^ok\|no test files'); \
 	done
+
+report: build
+	$(BIN)/dwcp bench report --plugin-dir $(PLUGIN_DIR) --out $(REPORT_DIR)
+
+report-quick: build
+	$(BIN)/dwcp bench report --quick --plugin-dir $(PLUGIN_DIR) --out $(REPORT_DIR)
 
 lint:
 	@set -e; for m in $(MODULES); do \

@@ -1,110 +1,23 @@
-package modes
+package modes_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"io"
-	"net"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/dwcp/dwcp/host/certs"
-	"github.com/dwcp/dwcp/host/internal/pb/streamv1"
+	"github.com/dwcp/dwcp/host/modes"
+	"github.com/dwcp/dwcp/host/modes/modeslab"
 	"github.com/dwcp/dwcp/host/pipeline"
-	"github.com/dwcp/dwcp/host/transport"
 	"github.com/dwcp/dwcp/host/wanlab"
 	"github.com/dwcp/dwcp/plugins/s2/s2codec"
 	"github.com/dwcp/dwcp/plugins/zstd/zstdcodec"
-	"github.com/dwcp/dwcp/sdk/codec"
 	"github.com/dwcp/dwcp/sdk/conformance"
 )
 
-// labSessions opens a transport session between two hosts of lab: h0 dials
-// h1 through the shaped link, with mutual TLS from a fresh CA.
-func labSessions(t testing.TB, ctx context.Context, lab *wanlab.Lab) (src, dst *transport.Session) {
-	t.Helper()
-	ca, err := certs.NewCA(certs.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h0, h1 := lab.Host(0), lab.Host(1)
-	var srvTLS, cliTLS *tls.Config
-	for i, h := range []*wanlab.Host{h0, h1} {
-		host, err := ca.Issue(certs.HostRequest{Name: []string{"src", "dst"}[i], IPs: []net.IP{net.IP(h.Addr.AsSlice())}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, c := ca.TLSConfigs(host)
-		if i == 0 {
-			cliTLS = c
-		} else {
-			srvTLS = s
-		}
-	}
-	ln, err := lab.Listen(h1, "tcp", net.JoinHostPort(h1.Addr.String(), "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := transport.Listen(ctx, transport.ListenConfig{Listener: ln, TLS: srvTLS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	accepted := make(chan *transport.Session, 1)
-	go func() {
-		s, err := l.Accept(ctx)
-		if err != nil {
-			accepted <- nil
-			return
-		}
-		accepted <- s
-	}()
-	src, err = transport.Dial(ctx, transport.DialConfig{Addr: ln.Addr().String(), PeerName: "dst", TLS: cliTLS,
-		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return lab.Dial(ctx, h0, network, addr)
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst = <-accepted
-	if dst == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { src.Close(); dst.Close() })
-	return src, dst
+// labCodecs are the codecs linked into the test: s2 as 1, zstd as 2.
+func labCodecs() []pipeline.Codec {
+	return []pipeline.Codec{{ID: 1, Algorithm: "s2", Codec: s2codec.New()}, {ID: 2, Algorithm: "zstd", Codec: zstdcodec.New()}}
 }
-
-// labTransfer sends data over the lab with the pipeline and the given
-// policy and returns what arrived.
-func labTransfer(t testing.TB, ctx context.Context, src, dst *transport.Session, data []byte, policy pipeline.Policy) []byte {
-	t.Helper()
-	z, s := zstdcodec.New(), s2codec.New()
-	codecs := []pipeline.Codec{{ID: 1, Algorithm: "s2", Codec: s}, {ID: 2, Algorithm: "zstd", Codec: z}}
-	var out bytes.Buffer
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	var dstErr error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_, _, dstErr = pipeline.Receive(ctx, dst, pipeline.DestConfig{Codecs: map[string]codec.Codec{"s2": s, "zstd": z},
-			Accept: func(context.Context, *streamv1.Hello) (io.Writer, io.Reader, error) {
-				return writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) }), nil, nil
-			}}, nil)
-	}()
-	_, err := pipeline.Send(ctx, bytes.NewReader(data), src, pipeline.SourceConfig{Codecs: codecs, Policy: policy, BatchBytes: 256 << 10}, nil)
-	wg.Wait()
-	if err != nil || dstErr != nil {
-		t.Fatalf("send %v, receive %v", err, dstErr)
-	}
-	return out.Bytes()
-}
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // TestWANLabLossyTransferIsByteExact carries 24 MiB over the lab's
 // internet-lossy profile (80 ms, 200 Mbit/s, 1 % loss each way) through the
@@ -117,12 +30,16 @@ func TestWANLabLossyTransferIsByteExact(t *testing.T) {
 	lab := wanlab.NewTest(t, wanlab.Config{Profile: prof})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	src, dst := labSessions(t, ctx, lab)
+	pair, err := modeslab.OpenSessions(ctx, lab, modeslab.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pair.Close()
 	p, _ := conformance.PatternByName(conformance.PatternRealMemory)
 	data := p.Bytes(24<<20, 7)
-	got := labTransfer(t, ctx, src, dst, data, pipeline.FixedPolicy{Codec: 1, Level: 1})
-	if !bytes.Equal(got, data) {
-		t.Fatalf("received %d bytes, not the %d sent", len(got), len(data))
+	if _, err := modeslab.TransferBytes(ctx, pair, data, modeslab.TransferConfig{Codecs: labCodecs(),
+		Policy: pipeline.FixedPolicy{Codec: 1, Level: 1}, BatchBytes: 256 << 10}); err != nil {
+		t.Fatal(err)
 	}
 	st, _ := lab.LinkStats(lab.Host(0), lab.Host(1))
 	if st.LossDrops == 0 {
@@ -137,7 +54,7 @@ func TestWANLabLossyTransferIsByteExact(t *testing.T) {
 // becomes the bottleneck and the controller must go heavier within a
 // stated time (8 s) of the change.
 func TestWANLabControllerFollowsLinkChange(t *testing.T) {
-	if raceEnabled {
+	if modes.RaceEnabled {
 		t.Skip("the controller reacts to CPU speed, which -race distorts; make test runs this without -race")
 	}
 	prof, err := wanlab.LookupProfile("wan-100ms-1g")
@@ -147,71 +64,32 @@ func TestWANLabControllerFollowsLinkChange(t *testing.T) {
 	lab := wanlab.NewTest(t, wanlab.Config{Profile: prof})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	src, dst := labSessions(t, ctx, lab)
-	codecs := []pipeline.Codec{{ID: 1, Algorithm: "s2", Codec: s2codec.New()}, {ID: 2, Algorithm: "zstd", Codec: zstdcodec.New()}}
-	path := Path{RTT: prof.RTT, Bandwidth: float64(prof.Rate) / 8, Source: "config"}
-	settings, err := Plan(Hybrid, path, codecs, PlanConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctl, err := NewController(ControllerConfig{Settings: settings, Path: path, Thresholds: DefaultThresholds(), Manual: true,
-		Sampler: TransportSampler{Session: src}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	p, _ := conformance.PatternByName(conformance.PatternRealMemory)
-	data := p.Bytes(256<<20, 3)
-	// Cut the rate after 1.2 s; the goroutine is waited for below.
-	changed := make(chan time.Time, 1)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		select {
-		case <-time.After(1200 * time.Millisecond):
-		case <-stop:
-			return
-		}
-		link := prof.Link()
-		link.Rate /= 20
-		if err := lab.SetAll(link); err == nil {
-			changed <- time.Now()
-		}
-	}()
-	start := ctl.Status().Step
-	got := labTransfer(t, ctx, src, dst, data, ctl)
-	close(stop)
-	wg.Wait()
-	if !bytes.Equal(got, data) {
-		t.Fatal("not byte-exact")
+	after := prof.Link()
+	after.Rate /= 20
+	const bound = 8 * time.Second
+	path := modes.Path{RTT: prof.RTT, Bandwidth: float64(prof.Rate) / 8, Source: "config"}
+	res, err := modeslab.LinkChange(ctx, lab, modeslab.LinkChangeConfig{
+		Before: prof.Link(), After: after, ChangeAfter: 1200 * time.Millisecond, Watch: bound + time.Second, Toward: +1,
+		Data: p.Bytes(32<<20, 3), Codecs: labCodecs(), Path: &path, Mode: modes.Hybrid,
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	var changedAt time.Time
-	select {
-	case changedAt = <-changed:
-	default:
-		t.Fatal("the transfer ended before the link changed: make the data larger")
-	}
-	var followed *Decision
-	for _, d := range ctl.Decisions() {
-		if d.Kind == KindLevel && d.At.After(changedAt) {
-			d := d
-			followed = &d
-			break
-		}
-	}
-	t.Logf("started at %s; decisions:\n%s", start, ctl.Summary())
+	t.Logf("started at %s; decisions:\n%s", res.StartStep, res.Summary)
+	followed := res.LevelChange
 	if followed == nil {
 		// Staying put is right only at the mode's heaviest step: the link
 		// got slower, so nothing heavier is left to take.
-		if heaviest := settings.Ladder[settings.MaxStep].Name; ctl.Status().Step == heaviest {
+		if heaviest := res.Settings.Ladder[res.Settings.MaxStep].Name; res.FinalStep == heaviest {
 			t.Logf("already at the heaviest step of the mode (%s) when the link fell: nothing to follow", heaviest)
 			return
 		}
-		t.Fatalf("no level decision after the link fell to a twentieth (step %s)", ctl.Status().Step)
+		t.Fatalf("no level decision after the link fell to a twentieth (step %s)", res.FinalStep)
 	}
-	if lag := followed.At.Sub(changedAt); lag > 8*time.Second {
-		t.Fatalf("followed the change after %s, want within 8 s", lag)
+	if lag := followed.At.Sub(res.ChangedAt); lag > bound {
+		t.Fatalf("followed the change after %s, want within %v", lag, bound)
 	}
-	t.Logf("followed the rate change after %s: %s -> %s (%s)", followed.At.Sub(changedAt), followed.From, followed.To, followed.Reason)
+	t.Logf("followed the rate change after %s: %s -> %s (%s); first batch at the new step chosen after %s",
+		followed.At.Sub(res.ChangedAt), followed.From, followed.To, followed.Reason, res.LevelChosen.Sub(res.ChangedAt))
 }

@@ -1,0 +1,5 @@
+//go:build !race
+
+package modebench
+
+const raceEnabled = false
