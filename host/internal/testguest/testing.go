@@ -30,21 +30,8 @@ func Require(t testing.TB) Guest {
 	if testing.Short() && !required {
 		t.Skip("boots a QEMU/TCG guest (about 15 s); skipped in -short mode")
 	}
-	if _, err := exec.LookPath(QEMUBinary()); err != nil {
-		missing("%s not found: apt-get install -y qemu-system-x86", QEMUBinary())
-	}
-	if os.Getenv("DWCP_GUEST_KERNEL") == "" {
-		if k, _ := filepath.Glob("/boot/vmlinuz-*"); len(k) == 0 {
-			missing("no kernel in /boot: apt-get install -y linux-image-amd64")
-		}
-	}
-	for _, p := range []string{"/bin/busybox"} {
-		if _, err := os.Stat(p); err != nil {
-			missing("%s missing: apt-get install -y busybox-static", p)
-		}
-	}
-	if _, err := exec.LookPath("cpio"); err != nil {
-		missing("cpio not found: apt-get install -y cpio")
+	if reason := Missing(); reason != "" {
+		missing("%s", reason)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -53,6 +40,26 @@ func Require(t testing.TB) Guest {
 		t.Fatal(err)
 	}
 	return g
+}
+
+// Missing says what this machine lacks to build and boot the test guest
+// (with the apt-get command that fixes it), or "" when nothing is missing.
+func Missing() string {
+	if _, err := exec.LookPath(QEMUBinary()); err != nil {
+		return QEMUBinary() + " not found: apt-get install -y qemu-system-x86"
+	}
+	if os.Getenv("DWCP_GUEST_KERNEL") == "" {
+		if k, _ := filepath.Glob("/boot/vmlinuz-*"); len(k) == 0 {
+			return "no kernel in /boot: apt-get install -y linux-image-amd64"
+		}
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		return "/bin/busybox missing: apt-get install -y busybox-static"
+	}
+	if _, err := exec.LookPath("cpio"); err != nil {
+		return "cpio not found: apt-get install -y cpio"
+	}
+	return ""
 }
 
 // StartT starts a VM that is closed when the test ends.

@@ -17,8 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -155,19 +153,8 @@ func missingPrerequisite(ctx context.Context, env *benchreport.Env) string {
 	if err := wanlab.Available(); err != nil {
 		return "no WAN lab here: " + err.Error()
 	}
-	if _, err := exec.LookPath(testguest.QEMUBinary()); err != nil {
-		return testguest.QEMUBinary() + " not found (apt-get install qemu-system-x86)"
-	}
-	if os.Getenv("DWCP_GUEST_KERNEL") == "" {
-		if k, _ := filepath.Glob("/boot/vmlinuz-*"); len(k) == 0 {
-			return "no kernel in /boot for the test guest (apt-get install linux-image-amd64)"
-		}
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		return "/bin/busybox missing for the test guest (apt-get install busybox-static)"
-	}
-	if _, err := exec.LookPath("cpio"); err != nil {
-		return "cpio not found for the test guest (apt-get install cpio)"
+	if reason := testguest.Missing(); reason != "" {
+		return "the test guest cannot run here: " + reason
 	}
 	if env.Dwcp == "" {
 		return "no dwcp binary given to the report (Options.Dwcp)"
