@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
+	"github.com/dwcp/dwcp/host/agent"
 	"github.com/dwcp/dwcp/host/migrate"
 	"github.com/dwcp/dwcp/host/pipeline"
 	"github.com/dwcp/dwcp/sdk"
@@ -62,134 +64,214 @@ func effectiveRate(link float64, s pipeline.Summary) uint64 {
 	return max(uint64(link*ratio*1.25), 1<<20)
 }
 
+// migrateRequest is one outgoing migration as `dwcp migrate` asks for it:
+// run in this process, or handed to the host's `dwcp serve` over its
+// control socket (the JSON field names are that protocol).
+type migrateRequest struct {
+	QMP      string `json:"qmp"`
+	To       string `json:"to"`
+	PeerName string `json:"peer_name,omitempty"`
+	Mode     string `json:"mode"`
+	Converge string `json:"converge"`
+	// MaxBandwidth fixes QEMU's max-bandwidth (bytes/s); 0 follows the
+	// path's measured rate times the compression ratio.
+	MaxBandwidth uint64        `json:"max_bandwidth,omitempty"`
+	Downtime     time.Duration `json:"downtime"`
+	MaxTime      time.Duration `json:"max_time"`
+	Streams      int           `json:"streams"`
+	// Quiet: no progress output (the caller prints JSON). TTY: the
+	// caller's terminal redraws one progress line.
+	Quiet bool `json:"quiet,omitempty"`
+	TTY   bool `json:"tty,omitempty"`
+}
+
+func (r migrateRequest) validate() error {
+	switch {
+	case r.QMP == "":
+		return fmt.Errorf("no QMP socket (--qmp)")
+	case r.To == "":
+		return fmt.Errorf("no destination (--to)")
+	case r.Converge != "auto-converge" && r.Converge != "none":
+		return fmt.Errorf("--converge %q: want auto-converge or none", r.Converge)
+	case r.Downtime <= 0 || r.Downtime > time.Minute:
+		return fmt.Errorf("--downtime %s: want a positive duration up to a minute", r.Downtime)
+	case r.MaxTime <= 0:
+		return fmt.Errorf("--max-time %s: want a positive duration", r.MaxTime)
+	case r.Streams < 1 || r.Streams > 64:
+		return fmt.Errorf("--streams %d: want 1..64", r.Streams)
+	}
+	return nil
+}
+
+// runMigration runs one outgoing migration with the host's agent a and
+// returns its summary. Progress and notable events go to log (unless
+// req.Quiet). Setup steps measured before the call come in steps.
+func runMigration(ctx context.Context, a *agent.Agent, req migrateRequest, log io.Writer, steps setupSteps) (migrateSummary, error) {
+	if err := req.validate(); err != nil {
+		return migrateSummary{}, err
+	}
+	if req.Quiet {
+		log = io.Discard
+	}
+	t0 := time.Now()
+	codecs, sess, plan, err := connectAndPlan(ctx, log, a, req.To, req.PeerName, req.Mode, req.Streams, &steps)
+	if err != nil {
+		return migrateSummary{}, err
+	}
+	defer sess.Close()
+	hv, err := a.Hypervisor("qemu")
+	if err != nil {
+		return migrateSummary{}, err
+	}
+	steps.BeforeMigrationMs += msSince(t0)
+	choice := plan.Settings.Start
+	params := hypervisor.Params{MaxBandwidth: req.MaxBandwidth, DowntimeLimit: req.Downtime}
+	if req.Converge == "auto-converge" {
+		params.Capabilities = append(params.Capabilities, "auto-converge")
+	}
+	opts := migrate.SourceOptions{
+		VM: hypervisor.VMRef{Address: req.QMP}, Codecs: codecs, Policy: plan.Controller,
+		Mode: plan.Mode.String(), Params: params, MaxDuration: req.MaxTime, Progress: &pipeline.Progress{},
+		PageStage: plan.PageStage(),
+	}
+	if req.MaxBandwidth == 0 {
+		opts.Params.MaxBandwidth = 10 << 30
+		opts.EffectiveRate = func() uint64 { return effectiveRate(plan.Controller.Path().Bandwidth, opts.Progress.Snapshot()) }
+	}
+	var mu sync.Mutex
+	var last hypervisor.Status
+	opts.OnStatus = func(st hypervisor.Status) { mu.Lock(); last = st; mu.Unlock() }
+	bar := startProgress(log, req.TTY, 0, opts.Progress.Snapshot, func() string {
+		mu.Lock()
+		st := last
+		mu.Unlock()
+		cs := plan.Controller.Status()
+		return fmt.Sprintf("pass %d, QEMU %s: %s sent %s left, dirty %d pages/s, expected downtime %d ms, mode %s, %s",
+			st.DirtySyncCount, st.State, bytesString(st.TransferredBytes), bytesString(st.RemainingBytes),
+			st.DirtyPagesRate, st.ExpectedDowntime.Milliseconds(), cs.Mode, cs.Step)
+	})
+	opts.OnEvent = func(s string) { fmt.Fprintf(log, "\r\033[K%s\n", s) }
+	res, err := migrate.Source(ctx, sess, hv, opts)
+	bar.Stop()
+	if err != nil {
+		return migrateSummary{}, fmt.Errorf("migrate %s to %s: %w", req.QMP, req.To, err)
+	}
+	if err := plan.Remember(); err != nil {
+		fmt.Fprintf(log, "dwcp: keeping the path measurement: %v\n", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_ = sess.CloseWrite(cctx)
+	cancel()
+	p := res.Pipeline
+	out := migrateSummary{
+		VM: res.VM.Name, Destination: res.Destination, Mode: plan.Mode.String(), Codec: codecLabel(codecs, choice.Codec), Level: choice.Level,
+		Controller:   plan.Controller.Summary(),
+		TotalSeconds: res.Total.Seconds(), DowntimeMs: float64(res.Downtime.Microseconds()) / 1000,
+		QEMUDowntimeMs: float64(res.Source.Downtime.Microseconds()) / 1000, GuestRAM: res.VM.MemoryBytes,
+		StreamBytes: p.BytesIn, WireBytes: p.WireBytes, Passes: res.Passes, Reconnects: sess.Stats().Reconnects, PageStats: p.Pages,
+		Switchover: switchoverMs{SourceCompleted: ms(res.Switchover.SourceCompleted), StreamDone: ms(res.Switchover.StreamDone),
+			DestinationRunning: ms(res.Switchover.DestinationRunning), ResultReceived: ms(res.Switchover.ResultReceived)},
+		Setup: steps,
+	}
+	if out.GuestRAM > 0 {
+		out.VsRAM = float64(out.WireBytes) / float64(out.GuestRAM)
+	}
+	if out.StreamBytes > 0 {
+		out.VsQEMUStream = float64(out.WireBytes) / float64(out.StreamBytes)
+	}
+	return out, nil
+}
+
+func printMigrateSummary(w io.Writer, to string, out migrateSummary) {
+	fmt.Fprintf(w, "migrated %s to %s (%s), VM running there\n", out.VM, to, out.Destination)
+	fmt.Fprintf(w, "total %.2f s, downtime %.0f ms (QEMU's own figure %.0f ms), %d passes, mode %s (%s level %d)\n",
+		out.TotalSeconds, out.DowntimeMs, out.QEMUDowntimeMs, out.Passes, out.Mode, out.Codec, out.Level)
+	if sw := out.Switchover; sw.ResultReceived > 0 {
+		dest := "destination clock not used"
+		if sw.DestinationRunning > 0 {
+			dest = fmt.Sprintf("destination VM running at %.0f ms", sw.DestinationRunning)
+		}
+		fmt.Fprintf(w, "switchover after the stop: stream shipped and verified %.0f ms, source QEMU completed %.0f ms, %s, result here %.0f ms\n",
+			sw.StreamDone, sw.SourceCompleted, dest, sw.ResultReceived)
+	}
+	st := out.Setup
+	where := fmt.Sprintf("plugins %.0f ms beside", st.PluginsMs)
+	if st.ViaDaemon {
+		where = "in the host's dwcp serve, plugins already up;"
+	}
+	fmt.Fprintf(w, "before the migration: %.0f ms (%s connect %.0f ms, path and plan %.0f ms)\n", st.BeforeMigrationMs, where, st.ConnectMs, st.PlanMs)
+	fmt.Fprintf(w, "%s\n", out.Controller)
+	fmt.Fprintf(w, "on the wire %s: %.1f%% of guest RAM (%s), %.1f%% of what QEMU alone sends (%s); %d reconnects\n",
+		bytesString(out.WireBytes), 100*out.VsRAM, bytesString(out.GuestRAM), 100*out.VsQEMUStream, bytesString(out.StreamBytes), out.Reconnects)
+}
+
 func newMigrateCommand() *cobra.Command {
 	var hf hostFlags
-	var qmp, to, peerName, mode, converge string
-	var maxBandwidth uint64
-	var downtime, maxTime time.Duration
-	var streams int
-	var asJSON bool
+	var req migrateRequest
+	var asJSON, local bool
+	var control string
 	cmd := &cobra.Command{
 		Use:   "migrate --qmp SOCKET --to HOST:PORT",
 		Short: "Live-migrate a running QEMU VM to a peer's `dwcp serve` through DWCP",
 		Long: "migrate tells the VM's QEMU (through the qemu hypervisor plugin, over QMP) to migrate into\n" +
 			"DWCP, carries the stream to the peer, and releases the VM here only after the peer reports\n" +
-			"its copy running. On any failure the migration is cancelled here and the VM keeps running.",
+			"its copy running. On any failure the migration is cancelled here and the VM keeps running.\n" +
+			"When this host runs `dwcp serve` (its control socket exists), the migration runs inside it,\n" +
+			"with its plugins already up and its identity; --local runs it in this process instead.\n" +
+			"Interrupting the command cancels the migration either way.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			var steps setupSteps
 			t0 := time.Now()
-			a, err := hf.open(ctx, cmd.ErrOrStderr(), sdk.KindCodec, sdk.KindHypervisor)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
-			codecs, sess, plan, err := connectAndPlan(cmd, a, to, peerName, mode, streams, !asJSON, &steps)
-			if err != nil {
-				return err
-			}
-			hv, err := a.Hypervisor("qemu")
-			if err != nil {
-				sess.Close()
-				return err
-			}
-			steps.PluginsMs = float64(a.PluginsLoadTime().Microseconds()) / 1000
-			steps.BeforeMigrationMs = msSince(t0)
-			defer sess.Close()
-			choice := plan.Settings.Start
-			params := hypervisor.Params{MaxBandwidth: maxBandwidth, DowntimeLimit: downtime}
-			if converge == "auto-converge" {
-				params.Capabilities = append(params.Capabilities, "auto-converge")
-			}
-			opts := migrate.SourceOptions{
-				VM: hypervisor.VMRef{Address: qmp}, Codecs: codecs, Policy: plan.Controller,
-				Mode: plan.Mode.String(), Params: params, MaxDuration: maxTime, Progress: &pipeline.Progress{},
-				PageStage: plan.PageStage(),
-			}
 			if !cmd.Flags().Changed("max-bandwidth") {
-				opts.EffectiveRate = func() uint64 { return effectiveRate(plan.Controller.Path().Bandwidth, opts.Progress.Snapshot()) }
+				req.MaxBandwidth = 0
 			}
-			var mu sync.Mutex
-			var last hypervisor.Status
-			opts.OnStatus = func(st hypervisor.Status) { mu.Lock(); last = st; mu.Unlock() }
-			bar := startProgress(cmd.ErrOrStderr(), 0, opts.Progress.Snapshot, func() string {
-				mu.Lock()
-				st := last
-				mu.Unlock()
-				cs := plan.Controller.Status()
-				return fmt.Sprintf("pass %d, QEMU %s: %s sent %s left, dirty %d pages/s, expected downtime %d ms, mode %s, %s",
-					st.DirtySyncCount, st.State, bytesString(st.TransferredBytes), bytesString(st.RemainingBytes),
-					st.DirtyPagesRate, st.ExpectedDowntime.Milliseconds(), cs.Mode, cs.Step)
-			})
-			opts.OnEvent = func(s string) {
-				if !asJSON {
-					fmt.Fprintf(cmd.ErrOrStderr(), "\r\033[K%s\n", s)
+			req.Quiet, req.TTY = asJSON, isTerminal(cmd.ErrOrStderr())
+			if err := req.validate(); err != nil {
+				return err
+			}
+			if control == "" {
+				control = controlSocketPath(hf.stateDir)
+			}
+			var out migrateSummary
+			var err error
+			if sock, ok := daemonAvailable(control); ok && !local {
+				out, err = delegateMigration(ctx, sock, req, cmd.ErrOrStderr())
+			} else {
+				var a *agent.Agent
+				if a, err = hf.open(ctx, cmd.ErrOrStderr(), sdk.KindCodec, sdk.KindHypervisor); err != nil {
+					return err
 				}
+				defer a.Close()
+				log := cmd.ErrOrStderr()
+				out, err = runMigration(ctx, a, req, log, setupSteps{BeforeMigrationMs: msSince(t0)})
+				out.Setup.PluginsMs = float64(a.PluginsLoadTime().Microseconds()) / 1000
 			}
-			res, err := migrate.Source(ctx, sess, hv, opts)
-			bar.Stop()
 			if err != nil {
-				return fmt.Errorf("migrate %s to %s: %w", qmp, to, err)
-			}
-			if err := plan.Remember(); err != nil {
-				fmt.Fprintf(cmd.ErrOrStderr(), "dwcp: keeping the path measurement: %v\n", err)
-			}
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_ = sess.CloseWrite(cctx)
-			cancel()
-			p := res.Pipeline
-			out := migrateSummary{
-				VM: res.VM.Name, Destination: res.Destination, Mode: plan.Mode.String(), Codec: codecLabel(codecs, choice.Codec), Level: choice.Level,
-				Controller:   plan.Controller.Summary(),
-				TotalSeconds: res.Total.Seconds(), DowntimeMs: float64(res.Downtime.Microseconds()) / 1000,
-				QEMUDowntimeMs: float64(res.Source.Downtime.Microseconds()) / 1000, GuestRAM: res.VM.MemoryBytes,
-				StreamBytes: p.BytesIn, WireBytes: p.WireBytes, Passes: res.Passes, Reconnects: sess.Stats().Reconnects, PageStats: p.Pages,
-				Switchover: switchoverMs{SourceCompleted: ms(res.Switchover.SourceCompleted), StreamDone: ms(res.Switchover.StreamDone),
-					DestinationRunning: ms(res.Switchover.DestinationRunning), ResultReceived: ms(res.Switchover.ResultReceived)},
-				Setup: steps,
-			}
-			if out.GuestRAM > 0 {
-				out.VsRAM = float64(out.WireBytes) / float64(out.GuestRAM)
-			}
-			if out.StreamBytes > 0 {
-				out.VsQEMUStream = float64(out.WireBytes) / float64(out.StreamBytes)
+				return err
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				return enc.Encode(out)
 			}
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "migrated %s to %s (%s), VM running there\n", out.VM, to, out.Destination)
-			fmt.Fprintf(w, "total %.2f s, downtime %.0f ms (QEMU's own figure %.0f ms), %d passes, mode %s (%s level %d)\n",
-				out.TotalSeconds, out.DowntimeMs, out.QEMUDowntimeMs, out.Passes, mode, out.Codec, out.Level)
-			if sw := out.Switchover; sw.ResultReceived > 0 {
-				dest := "destination clock not used"
-				if sw.DestinationRunning > 0 {
-					dest = fmt.Sprintf("destination VM running at %.0f ms", sw.DestinationRunning)
-				}
-				fmt.Fprintf(w, "switchover after the stop: stream shipped and verified %.0f ms, source QEMU completed %.0f ms, %s, result here %.0f ms\n",
-					sw.StreamDone, sw.SourceCompleted, dest, sw.ResultReceived)
-			}
-			fmt.Fprintf(w, "before the migration: %.0f ms (plugins %.0f ms, beside: connect %.0f ms, path and plan %.0f ms)\n", steps.BeforeMigrationMs, steps.PluginsMs, steps.ConnectMs, steps.PlanMs)
-			fmt.Fprintf(w, "%s\n", out.Controller)
-			fmt.Fprintf(w, "on the wire %s: %.1f%% of guest RAM (%s), %.1f%% of what QEMU alone sends (%s); %d reconnects\n",
-				bytesString(out.WireBytes), 100*out.VsRAM, bytesString(out.GuestRAM), 100*out.VsQEMUStream, bytesString(out.StreamBytes), out.Reconnects)
+			printMigrateSummary(cmd.OutOrStdout(), req.To, out)
 			return nil
 		},
 	}
 	hf.register(cmd)
-	cmd.Flags().StringVar(&qmp, "qmp", "", "the VM's QMP unix socket")
-	cmd.Flags().StringVar(&to, "to", "", "peer address HOST:PORT of `dwcp serve`")
-	cmd.Flags().StringVar(&peerName, "peer-name", "", "name the peer's certificate must carry (default: the host part of --to)")
-	cmd.Flags().StringVar(&mode, "mode", "auto", "auto, datacenter, hybrid or internet")
-	cmd.Flags().Uint64Var(&maxBandwidth, "max-bandwidth", 10<<30, "fix QEMU's max-bandwidth, bytes/s (default: follow the path's measured rate times the compression ratio)")
-	cmd.Flags().DurationVar(&downtime, "downtime", 300*time.Millisecond, "downtime limit QEMU aims for")
-	cmd.Flags().DurationVar(&maxTime, "max-time", 30*time.Minute, "cancel a migration that has not finished by then (the VM keeps running here)")
-	cmd.Flags().StringVar(&converge, "converge", "auto-converge", "policy for guests that dirty memory faster than the link: auto-converge (throttle the guest) or none")
-	cmd.Flags().IntVar(&streams, "streams", 4, "TCP connections")
+	cmd.Flags().StringVar(&req.QMP, "qmp", "", "the VM's QMP unix socket")
+	cmd.Flags().StringVar(&req.To, "to", "", "peer address HOST:PORT of `dwcp serve`")
+	cmd.Flags().StringVar(&req.PeerName, "peer-name", "", "name the peer's certificate must carry (default: the host part of --to)")
+	cmd.Flags().StringVar(&req.Mode, "mode", "auto", "auto, datacenter, hybrid or internet")
+	cmd.Flags().Uint64Var(&req.MaxBandwidth, "max-bandwidth", 10<<30, "fix QEMU's max-bandwidth, bytes/s (default: follow the path's measured rate times the compression ratio)")
+	cmd.Flags().DurationVar(&req.Downtime, "downtime", 300*time.Millisecond, "downtime limit QEMU aims for")
+	cmd.Flags().DurationVar(&req.MaxTime, "max-time", 30*time.Minute, "cancel a migration that has not finished by then (the VM keeps running here)")
+	cmd.Flags().StringVar(&req.Converge, "converge", "auto-converge", "policy for guests that dirty memory faster than the link: auto-converge (throttle the guest) or none")
+	cmd.Flags().IntVar(&req.Streams, "streams", 4, "TCP connections")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
+	cmd.Flags().BoolVar(&local, "local", false, "run the migration in this process even when the host's dwcp serve runs")
+	cmd.Flags().StringVar(&control, "control", "", "the host's dwcp serve control socket (default: STATE_DIR/control.sock)")
 	_ = cmd.MarkFlagRequired("qmp")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd

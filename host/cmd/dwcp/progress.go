@@ -23,11 +23,8 @@ type progressPrinter struct {
 	done  sync.WaitGroup
 }
 
-func startProgress(w io.Writer, total uint64, snap func() pipeline.Summary, extra func() string) *progressPrinter {
-	p := &progressPrinter{w: w, total: total, snap: snap, extra: extra, stop: make(chan struct{})}
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		p.tty = true
-	}
+func startProgress(w io.Writer, tty bool, total uint64, snap func() pipeline.Summary, extra func() string) *progressPrinter {
+	p := &progressPrinter{w: w, tty: tty, total: total, snap: snap, extra: extra, stop: make(chan struct{})}
 	every := 10 * time.Second
 	if p.tty {
 		every = 250 * time.Millisecond
@@ -50,6 +47,12 @@ func startProgress(w io.Writer, total uint64, snap func() pipeline.Summary, extr
 		}
 	}()
 	return p
+}
+
+// isTerminal tells whether w is a terminal (progress then redraws one line).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func (p *progressPrinter) print() {

@@ -133,7 +133,11 @@ func newSendCommand() *cobra.Command {
 				return err
 			}
 			defer a.Close()
-			codecs, sess, plan, err := connectAndPlan(cmd, a, to, peerName, mode, streams, !asJSON, &setupSteps{})
+			var stderr io.Writer = io.Discard
+			if !asJSON {
+				stderr = cmd.ErrOrStderr()
+			}
+			codecs, sess, plan, err := connectAndPlan(ctx, stderr, a, to, peerName, mode, streams, &setupSteps{})
 			if err != nil {
 				return err
 			}
@@ -158,7 +162,7 @@ func newSendCommand() *cobra.Command {
 				cfg.Kind = pipeline.KindQEMU
 			}
 			prog := &pipeline.Progress{}
-			bar := startProgress(cmd.ErrOrStderr(), size, prog.Snapshot, func() string {
+			bar := startProgress(cmd.ErrOrStderr(), isTerminal(cmd.ErrOrStderr()), size, prog.Snapshot, func() string {
 				if st := sess.Stats(); st.Reconnects > 0 {
 					return fmt.Sprintf("%d reconnects", st.Reconnects)
 				}
@@ -224,8 +228,9 @@ func newSendCommand() *cobra.Command {
 
 // connectAndPlan opens the session to a peer's serve, measures the path and
 // plans the session (mode, codec ladder, controller).
-func connectAndPlan(cmd *cobra.Command, a *agent.Agent, to, peerName, mode string, streams int, verbose bool, steps *setupSteps) ([]pipeline.Codec, *transport.Session, *agent.SessionPlan, error) {
-	ctx := cmd.Context()
+// connectAndPlan opens a session to the peer and plans it; the chosen path
+// and mode are reported on log.
+func connectAndPlan(ctx context.Context, log io.Writer, a *agent.Agent, to, peerName, mode string, streams int, steps *setupSteps) ([]pipeline.Codec, *transport.Session, *agent.SessionPlan, error) {
 	t := time.Now()
 	sess, err := a.Dial(ctx, to, peerName, streams, transport.Options{})
 	if err != nil {
@@ -239,9 +244,7 @@ func connectAndPlan(cmd *cobra.Command, a *agent.Agent, to, peerName, mode strin
 		sess.Close()
 		return nil, nil, nil, err
 	}
-	if verbose {
-		fmt.Fprintf(cmd.ErrOrStderr(), "path to %s: %v; mode %s (%s)\n", to, plan.Probe.Path, plan.Mode, plan.Why)
-	}
+	fmt.Fprintf(log, "path to %s: %v; mode %s (%s)\n", to, plan.Probe.Path, plan.Mode, plan.Why)
 	return plan.Codecs, sess, plan, nil
 }
 
@@ -254,6 +257,8 @@ type setupSteps struct {
 	PlanMs    float64 `json:"plan"`    // path probe (or cached measurement), then the mode once the plugins are up
 	// BeforeMigrationMs: from the command's start to the migration's.
 	BeforeMigrationMs float64 `json:"before_migration"`
+	// ViaDaemon: the migration ran inside the host's `dwcp serve`.
+	ViaDaemon bool `json:"via_daemon"`
 }
 
 func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
@@ -290,7 +295,7 @@ func codecLabel(codecs []pipeline.Codec, id uint8) string {
 
 func newServeCommand() *cobra.Command {
 	var hf hostFlags
-	var listen, outDir string
+	var listen, outDir, control string
 	var once bool
 	cmd := &cobra.Command{
 		Use:   "serve --listen ADDR --out-dir DIR",
@@ -315,6 +320,26 @@ func newServeCommand() *cobra.Command {
 				return err
 			}
 			defer l.Close()
+			explicit := control != ""
+			if !explicit && !once {
+				control = controlSocketPath(hf.stateDir)
+			}
+			if control != "" && control != "none" {
+				cs, err := listenControl(control, a, func(format string, args ...any) {
+					fmt.Fprintf(cmd.OutOrStdout(), "dwcp serve: "+format+"\n", args...)
+				})
+				switch {
+				case err == nil:
+					cs.serve(ctx)
+					defer cs.Close()
+				case explicit:
+					return err
+				default:
+					// A second daemon on this host (another port):
+					// the first one keeps the control socket.
+					fmt.Fprintf(cmd.ErrOrStderr(), "dwcp serve: no control socket: %v\n", err)
+				}
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "dwcp serve: listening on %s as %s, writing to %s\n", l.Addr(), hf.name, outDir)
 			for {
 				sess, err := l.Accept(ctx)
@@ -338,6 +363,7 @@ func newServeCommand() *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", ":4650", "address to listen on")
 	cmd.Flags().StringVar(&outDir, "out-dir", ".", "directory received files are written to")
 	cmd.Flags().BoolVar(&once, "once", false, "exit after one session (exit status tells whether it succeeded)")
+	cmd.Flags().StringVar(&control, "control", "", "unix socket where `dwcp migrate` on this host hands migrations over (default: STATE_DIR/control.sock unless --once; none: off)")
 	return cmd
 }
 

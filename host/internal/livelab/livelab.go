@@ -254,7 +254,8 @@ type dwcpSummary struct {
 // DWCP migrates src from host `from` to host `to` with `dwcp migrate`
 // and returns the row and the destination VM (attached; Close quits it).
 // Downtime is dwcp's own measurement: from the source QEMU's stop event to
-// the destination's report that its VM runs.
+// the destination's report that its VM runs. Ending ctx interrupts dwcp
+// migrate as Ctrl-C would.
 func (e *Env) DWCP(ctx context.Context, src *testguest.VM, from, to *wanlab.Host, mode string, extra ...string) (Row, *testguest.VM, error) {
 	row := Row{Method: "dwcp " + mode, From: from.Name, To: to.Name}
 	beforeHB, _ := src.Heartbeat()
@@ -265,9 +266,17 @@ func (e *Env) DWCP(ctx context.Context, src *testguest.VM, from, to *wanlab.Host
 	start := time.Now()
 	cmd := e.Lab.Command(from, e.cfg.Dwcp, args...)
 	cmd.Env = append(os.Environ(), "DWCP_STATE="+filepath.Join(e.dir, e.nameOf(from)+"-state"))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Start()
+	if err == nil {
+		// Ending ctx is an operator's Ctrl-C: dwcp migrate must cancel
+		// the migration and leave the VM running on the source.
+		stop := context.AfterFunc(ctx, func() { _ = cmd.Process.Signal(os.Interrupt) })
+		err = cmd.Wait()
+		stop()
+	}
+	out := stdout.Bytes()
 	row.Total = time.Since(start)
 	row.WireBytes = e.linkBytes(from, to) - bytes0
 	if err != nil {

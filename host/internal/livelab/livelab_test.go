@@ -123,6 +123,51 @@ func TestLiveMigration(t *testing.T) {
 		}
 	})
 
+	t.Run("interrupted dwcp migrate cancels the migration", func(t *testing.T) {
+		// dwcp migrate hands the migration to B's dwcp serve over the
+		// control socket; Ctrl-C on the command must cancel it there.
+		hb0, _ := vm.Heartbeat()
+		ictx, interrupt := context.WithCancel(ctx)
+		defer interrupt()
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := env.DWCP(ictx, vm, env.B, env.A, "auto")
+			done <- err
+		}()
+		start := env.linkBytes(env.B, env.A)
+		for deadline := time.Now().Add(2 * time.Minute); env.linkBytes(env.B, env.A)-start < 10<<20; {
+			if time.Now().After(deadline) {
+				t.Fatal("the migration never started streaming")
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("migration ended before the interrupt: %v", err)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		interrupt()
+		var err error
+		select {
+		case err = <-done:
+		case <-time.After(2 * time.Minute):
+			t.Fatal("dwcp migrate did not return after Ctrl-C")
+		}
+		if err == nil || !strings.Contains(err.Error(), "interrupted") {
+			t.Fatalf("interrupted migration: %v", err)
+		}
+		t.Logf("dwcp migrate reported: %s", firstLines(err.Error(), 2))
+		// The daemon cancels on its own schedule: wait for the VM to
+		// run again on the source, then for its heartbeat.
+		wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+		defer wcancel()
+		if err := vm.WaitStatus(wctx, "running"); err != nil {
+			t.Fatalf("source VM after the interrupted migration: %v", err)
+		}
+		if _, err := vm.WaitHeartbeat(wctx, hb0.N+3); err != nil {
+			t.Fatalf("source VM not responsive after the interrupted migration: %v", err)
+		}
+	})
+
 	t.Run("non-convergence is reported and cancelled", func(t *testing.T) {
 		// 0.5 Mbit/s carries less than the guest dirties.
 		link := env.Lab.Profile().Link()

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The control socket's protocol, against a real daemon-side server: bad
+// requests get a clear error and never reach a migration; a second
+// daemon cannot take the socket; a stale socket file is replaced.
+func TestControlSocket(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state", controlSocketName)
+	var mu sync.Mutex
+	var logged []string
+	cs, err := listenControl(path, nil, func(f string, a ...any) { mu.Lock(); logged = append(logged, f); mu.Unlock() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cs.serve(ctx)
+	defer cs.Close()
+
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket mode: %v %v", fi.Mode(), err)
+	}
+	if _, ok := daemonAvailable(path); !ok {
+		t.Fatal("a running daemon is not seen")
+	}
+	if _, err := listenControl(path, nil, nil); err == nil || !strings.Contains(err.Error(), "another dwcp serve") {
+		t.Fatalf("second daemon on the same socket: %v", err)
+	}
+
+	raw := func(line string) string {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+		reply, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatalf("no reply to %q: %v", line, err)
+		}
+		return reply
+	}
+	for line, want := range map[string]string{
+		"not json\n":            "not a migrate request",
+		"{}\n":                  "not a migrate request",
+		`{"migrate":{}}` + "\n": "no QMP socket",
+		`{"migrate":{"qmp":"/x","to":"h:1","converge":"auto-converge","downtime":1000000,"max_time":1000000000,"streams":0}}` + "\n": "--streams 0",
+		strings.Repeat("x", maxControlRequest+10): "at most",
+	} {
+		if got := raw(line); !strings.Contains(got, `"error"`) || !strings.Contains(got, want) {
+			t.Errorf("request %.40q: reply %q, want an error with %q", line, got, want)
+		}
+	}
+
+	// The client side reports the daemon's refusal as the command's error.
+	_, err = delegateMigration(ctx, path, migrateRequest{To: "h:1"}, os.Stderr)
+	if err == nil || !strings.Contains(err.Error(), "no QMP socket") {
+		t.Fatalf("delegated bad request: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(logged) != 0 {
+		t.Errorf("refused requests reached the migration: %q", logged)
+	}
+}
+
+func TestStaleControlSocketIsReplaced(t *testing.T) {
+	path := filepath.Join(t.TempDir(), controlSocketName)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Close without removing the file: a crashed daemon's leftover.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	if _, ok := daemonAvailable(path); ok {
+		t.Fatal("a dead socket file counts as a daemon")
+	}
+	cs, err := listenControl(path, nil, func(string, ...any) {})
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	cs.Close()
+	if _, ok := daemonAvailable(filepath.Join(t.TempDir(), "none.sock")); ok {
+		t.Fatal("a missing socket counts as a daemon")
+	}
+}
