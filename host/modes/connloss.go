@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // ErrNoTCPInfo: the platform or the connection gives no TCP counters.
@@ -79,6 +80,11 @@ func (l *ConnLoss) TCPCounters() (TCPCounters, error) {
 	read := 0
 	for _, c := range l.conns {
 		v, slowStart, err := tcpCounters(c.sc)
+		if err == nil && v.SegmentsSent > 0 {
+			// RTTs count from the first segment, slow start included.
+			sum.SRTT = minPositive(sum.SRTT, v.SRTT)
+			sum.MinRTT = minPositive(sum.MinRTT, v.MinRTT)
+		}
 		switch {
 		case err != nil:
 			if firstErr == nil {
@@ -102,4 +108,15 @@ func (l *ConnLoss) TCPCounters() (TCPCounters, error) {
 		return sum, fmt.Errorf("tcp counters: %w", firstErr)
 	}
 	return sum, nil
+}
+
+// minPositive is the smaller of two durations, 0 meaning unknown.
+func minPositive(a, b time.Duration) time.Duration {
+	switch {
+	case a <= 0:
+		return max(b, 0)
+	case b <= 0:
+		return a
+	}
+	return min(a, b)
 }

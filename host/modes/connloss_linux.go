@@ -3,6 +3,7 @@ package modes
 import (
 	"fmt"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,5 +29,6 @@ func tcpCounters(sc syscall.Conn) (TCPCounters, bool, error) {
 	if serr != nil {
 		return TCPCounters{}, false, fmt.Errorf("tcp info: %w: %w", serr, ErrNoTCPInfo)
 	}
-	return TCPCounters{SegmentsSent: uint64(info.Data_segs_out), Retransmitted: uint64(info.Total_retrans)}, info.Snd_ssthresh >= infiniteSSThresh, nil
+	return TCPCounters{SegmentsSent: uint64(info.Data_segs_out), Retransmitted: uint64(info.Total_retrans),
+		SRTT: time.Duration(info.Rtt) * time.Microsecond, MinRTT: time.Duration(info.Min_rtt) * time.Microsecond}, info.Snd_ssthresh >= infiniteSSThresh, nil
 }

@@ -1,6 +1,7 @@
 package modes
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"runtime"
@@ -47,6 +48,21 @@ const (
 	obsMaxAge = 20 * time.Second
 	// defaultMaxLog bounds the decision log.
 	defaultMaxLog = 1024
+	// The path's RTT is the smallest sample of the last rttWindow: queues
+	// and a loaded machine only add delay, so the minimum is the path's
+	// own. Longer than the classifier's hold, so that one sample of a
+	// path that got shorter carries the mode change.
+	rttWindow  = 10 * time.Second
+	rttSamples = 64
+	// A window whose kernel smoothed RTT exceeds the minimum by this
+	// factor plus queueSlack has a standing queue at the bottleneck: the
+	// flow itself keeps it full, and its retransmissions are its own
+	// congestion drops, not the path's loss.
+	queueFactor = 1.25
+	queueSlack  = time.Millisecond
+	// A tie within bestTolerance of the best predicted throughput goes
+	// to the heavier step (bytes saved, the smaller jump).
+	bestTolerance = 0.03
 )
 
 // LinkSample is what a transport reports about the path while data flows.
@@ -118,6 +134,11 @@ type Window struct {
 	// Link is the link estimate after the window (bytes/s, 0 unknown).
 	StreamRate, WireRate, Link float64
 	Bottleneck                 string // "link", "cpu", "source" or "mixed"
+	// RTT is the window's RTT sample (see Controller's path estimate);
+	// Queued reports a standing queue (kernel SRTT well above its
+	// minimum): the window's retransmissions were not counted as loss.
+	RTT    time.Duration
+	Queued bool
 }
 
 // Decision is one change the controller made or recommended.
@@ -155,6 +176,17 @@ type stepObs struct {
 	speed, ratio float64 // stream bytes/s per encoder, stream/wire
 	at           time.Time
 	ok           bool
+	scaleAt      float64 // speedScale when speed was last measured
+	// rate is the stream rate the step achieved (EWMA over its windows
+	// that were not source-bound), with the link capacity it was achieved
+	// on (0 unknown) and when: what a move is checked against.
+	rate, rateLink float64
+	rateAt         time.Time
+}
+
+type rttSample struct {
+	at  time.Time
+	rtt time.Duration
 }
 
 // Controller is the adaptive codec policy: a pipeline.Policy. Choose is
@@ -183,6 +215,12 @@ type Controller struct {
 
 	obs                    []stepObs
 	speedScale, ratioScale float64
+	scaled                 bool // speedScale was measured
+	// excess is how many more wire bytes the sender handed the transport
+	// than the link's capacity carries, since the last saturated window;
+	// window is what the transport buffers (Settings.WindowBytes).
+	excess, window float64
+	ceilingRTT     time.Duration // the path's RTT when ceiling was measured
 	// ceiling is the link's measured capacity (wire bytes/s): from the
 	// probe, then from windows in which the link was saturated; 0 once an
 	// unsaturated window carried more (the capacity is then unknown, and
@@ -198,6 +236,9 @@ type Controller struct {
 
 	counters0  TCPCounters
 	countersOK bool
+	lossWire   float64       // wire bytes sent since counters0
+	kernelMin  time.Duration // the kernel's MinRTT at the last reading
+	rtts       []rttSample   // the last rttWindow's samples, oldest first
 	path       Path
 	streams    int
 	recStreams int
@@ -264,6 +305,8 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 		obs:        make([]stepObs, len(s.Ladder)),
 		speedScale: 1, ratioScale: 1,
 		ceiling:      cfg.Path.Bandwidth,
+		window:       float64(cmp.Or(s.WindowBytes, 16<<20)),
+		ceilingRTT:   cfg.Path.RTT,
 		backoffUntil: make([]time.Duration, len(s.Ladder)),
 		backoffFor:   make([]time.Duration, len(s.Ladder)),
 		epoch:        cfg.Now(),
@@ -345,8 +388,16 @@ func (c *Controller) evaluate(now time.Time) {
 		sp := float64(c.decodedEnc) / time.Duration(c.encodedDur).Seconds()
 		c.obs[cur].speed = ewma(c.obs[cur].speed, sp, 0.5)
 		if c.ladder[cur].Speed < storeSpeed {
-			c.speedScale = ewma(c.speedScale, sp/c.ladder[cur].Speed, 0.3)
+			// The first measurement replaces the prior's scale (1 is no
+			// measurement): the model must be calibrated on the first
+			// window for a jump to the step it predicts best.
+			if c.scaled {
+				c.speedScale = ewma(c.speedScale, sp/c.ladder[cur].Speed, 0.3)
+			} else {
+				c.speedScale, c.scaled = sp/c.ladder[cur].Speed, true
+			}
 		}
+		c.obs[cur].scaleAt = c.speedScale
 	}
 	if c.wire > 0 && c.decoded > 0 {
 		ra := float64(c.decoded) / float64(c.wire)
@@ -365,10 +416,20 @@ func (c *Controller) evaluate(now time.Time) {
 	c.floor = w.WireRate
 	if saturated {
 		c.ceiling = ewma(c.ceiling, w.WireRate, 0.5)
+		c.excess = 0
 	} else {
-		c.floor = math.Max(c.floor, math.Min(ls.DeliveryRate, maxBandwidth))
-		if c.ceiling > 0 && c.floor > c.ceiling*1.1 {
-			c.ceiling = 0
+		delivered := math.Min(ls.DeliveryRate, maxBandwidth)
+		c.floor = math.Max(c.floor, delivered)
+		if c.ceiling > 0 {
+			// More than the capacity went out: the link got faster, or
+			// the transport's window is filling (after a move to a
+			// lighter step it takes up to WindowBytes before the sender
+			// blocks). Only what the peer acknowledged, or an excess the
+			// window cannot hold, proves the former.
+			c.excess = math.Max(c.excess+float64(c.wire)-c.ceiling*sec, 0)
+			if delivered > c.ceiling*1.1 || c.floor > c.ceiling*1.1 && c.excess > c.window {
+				c.ceiling, c.excess = 0, 0
+			}
 		}
 	}
 	w.Link = c.linkEstimate()
@@ -377,7 +438,18 @@ func (c *Controller) evaluate(now time.Time) {
 		clear(c.backoffUntil)
 		c.linkAtBackoff = 0
 	}
-	c.updatePath(now, ls)
+	w.RTT, w.Queued = c.updatePath(now, ls)
+	if rtt := c.path.RTT; saturated {
+		c.ceilingRTT = rtt // the capacity was just measured on this path
+	} else if c.ceiling > 0 && c.ceilingRTT > 0 && rtt > 0 && (2*rtt < c.ceilingRTT || rtt > 2*c.ceilingRTT) {
+		// The path's RTT halved or doubled since its capacity was
+		// measured: another route, and what was known of the old one's
+		// capacity says nothing of it. Without this, a step that was
+		// cpu-bound just under the old capacity never learns that the
+		// new path is faster (nothing it sends can show it).
+		c.ceiling, c.excess, c.ceilingRTT = 0, 0, 0
+		w.Link = c.linkEstimate()
+	}
 
 	cpuBound := w.CPUBusy >= cpuHigh && w.SendBusy <= sendLow
 	sourceBound := w.CPUBusy < cpuLow && w.SendBusy <= sendLow
@@ -393,17 +465,33 @@ func (c *Controller) evaluate(now time.Time) {
 	}
 	c.last = w
 
+	// What the step achieved (unless the source held it back): every
+	// move is checked against it.
+	if !sourceBound && w.StreamRate > 0 {
+		o := &c.obs[cur]
+		if c.freshRate(cur, now, c.ceiling) {
+			o.rate = ewma(o.rate, w.StreamRate, 0.5)
+		} else {
+			o.rate = w.StreamRate
+		}
+		o.rateLink, o.rateAt = c.ceiling, now
+	}
+
 	next, reason := cur, ""
 	switch {
 	case cpuBound && cur > c.lo:
-		// The link's capacity, if known; a link that was never saturated
-		// may be anything above what it carried, so a lighter step is
-		// worth trying.
+		// Straight to the step the calibrated model predicts best at the
+		// link's capacity. A link never seen saturated is only known to
+		// carry what it did: assume it takes twice that (as TCP's slow
+		// start probes), the only way to learn more.
 		link := c.ceiling
 		if link <= 0 {
+			link = 2 * c.floor
+		}
+		if !(link > 0) {
 			link = math.Inf(1)
 		}
-		cand := cur - 1
+		cand := c.bestStep(c.lo, cur-1, link)
 		tCur := throughput(c.speed(cur), c.ratio(cur), c.workers, link)
 		tCand := throughput(c.speed(cand), c.ratio(cand), c.workers, link)
 		if tCand > tCur*(1+lighterGain) {
@@ -412,35 +500,59 @@ func (c *Controller) evaluate(now time.Time) {
 				w.CPUBusy*100, w.SendBusy*100, c.ladder[cand].Name, FormatRate(tCand), FormatRate(tCur), linkText(c.ceiling, c.floor))
 		}
 	case saturated && cur < c.hi && !c.backedOff(cur+1, now):
-		cand := cur + 1
-		cpu := c.speed(cand) * c.workers
-		need := c.ceiling * c.ratio(cand)
+		// Compress harder while the codec still outruns the link: the
+		// heaviest step (short of one backed off) whose encoders would
+		// still produce the headroom over what the link takes. Heavier
+		// steps are slower and compress better, so the steps that pass
+		// are a run from cur+1.
+		cand, cpu, need := -1, 0.0, 0.0
+		for j := cur + 1; j <= c.hi && !c.backedOff(j, now); j++ {
+			cj, nj := c.speed(j)*c.workers, c.ceiling*c.ratio(j)
+			if cj < (1+c.headroom)*nj {
+				break
+			}
+			cand, cpu, need = j, cj, nj
+		}
 		tCur := throughput(c.speed(cur), c.ratio(cur), c.workers, c.ceiling)
-		tCand := throughput(c.speed(cand), c.ratio(cand), c.workers, c.ceiling)
+		tUp := throughput(c.speed(cur+1), c.ratio(cur+1), c.workers, c.ceiling)
 		switch {
-		case cpu >= (1+c.headroom)*need:
-			// Compress harder while the codec still outruns the link.
+		case cand > cur:
 			next = cand
 			reason = fmt.Sprintf("link-bound: sender blocked %.0f%% at %s; %s encoders would still produce %s of stream against the %s the link takes",
 				w.SendBusy*100, FormatRate(c.ceiling), c.ladder[cand].Name, FormatRate(cpu), FormatRate(need))
-		case c.observed(cand, now) && tCand > tCur*(1+lighterGain):
+		case c.observed(cur+1, now) && tUp > tCur*(1+lighterGain):
 			// A step left for being cpu-bound while the link's capacity
 			// was unknown, now that the link has shown what it carries.
-			next = cand
+			next = cur + 1
 			reason = fmt.Sprintf("link-bound: sender blocked %.0f%% at %s; %s, as measured, carries %s of stream against %s here",
-				w.SendBusy*100, FormatRate(c.ceiling), c.ladder[cand].Name, FormatRate(tCand), FormatRate(tCur))
+				w.SendBusy*100, FormatRate(c.ceiling), c.ladder[next].Name, FormatRate(tUp), FormatRate(tCur))
 		}
 	case sourceBound && c.mode != Datacenter && cur < c.hi && !c.backedOff(cur+1, now):
-		cand := cur + 1
-		util := w.StreamRate / (c.speed(cand) * c.workers)
-		if util <= sourceBoundUtil {
-			next = cand
+		// Bytes saved at no cost in time: the heaviest step that keeps
+		// the encoders at most half busy.
+		util := 0.0
+		for j := cur + 1; j <= c.hi && !c.backedOff(j, now); j++ {
+			u := w.StreamRate / (c.speed(j) * c.workers)
+			if u > sourceBoundUtil {
+				break
+			}
+			next, util = j, u
+		}
+		if next != cur {
 			reason = fmt.Sprintf("source-bound (encoders %.0f%%, sender %.0f%% busy): %s would use %.0f%% of the encoders and save bytes",
-				w.CPUBusy*100, w.SendBusy*100, c.ladder[cand].Name, util*100)
+				w.CPUBusy*100, w.SendBusy*100, c.ladder[next].Name, util*100)
 		}
 	}
+	if next != cur && !sourceBound && c.freshRate(next, now, c.ceiling) && c.obs[cur].rate > 0 &&
+		c.obs[next].rate < c.obs[cur].rate*(1+lighterGain) {
+		// The model says move, but the step was measured on this link
+		// (within linkChange) and carried less stream than this one does:
+		// stay. This is what ends a see-saw between two steps whose
+		// windows read cpu-bound at one and link-bound at the other.
+		next = cur
+	}
 	if next != cur {
-		if next < cur && c.lastMove.to == cur && c.lastMove.from == next && now.Sub(c.lastMove.at) < 4*time.Duration(c.cfg.DwellBatches)*c.cfg.Dwell {
+		if next < cur && c.lastMove.to == cur && c.lastMove.from < cur && now.Sub(c.lastMove.at) < 4*time.Duration(c.cfg.DwellBatches)*c.cfg.Dwell {
 			// Entered from below and left again quickly: the heavier step
 			// does not fit this path; do not retry it at once.
 			d := c.backoffFor[cur]
@@ -454,7 +566,19 @@ func (c *Controller) evaluate(now time.Time) {
 	}
 
 	if !c.cfg.Manual {
-		if m, changed := c.class.Update(c.path, now); changed {
+		pc := c.path
+		if c.ceiling <= 0 && !saturated && w.CPUBusy >= cpuLow && cur == c.lo && c.floor >= c.class.t.InternetMaxBandwidth {
+			// The mode's lightest step cannot fill the link (the encoders,
+			// not the link or the source, hold it back): its capacity
+			// is unknown, only above what this host can send. For the mode
+			// that is a fat link (no setting of this mode can use it; the
+			// datacenter's, with storing, could). On this 2-core machine
+			// s2:1 carries ~0.9 Gbit/s of wire: a 4 Gbit/s path seen from
+			// internet or hybrid mode never showed the 1.25 Gbit/s the
+			// classifier wants. The passive path keeps the lower bound.
+			pc.Bandwidth = maxBandwidth
+		}
+		if m, changed := c.class.Update(pc, now); changed {
 			c.setMode(now, m, w)
 		}
 	}
@@ -467,6 +591,34 @@ func (c *Controller) evaluate(now time.Time) {
 	}
 }
 
+// freshRate reports whether step i's achieved rate is recent and was
+// measured while the link's capacity was known and within linkChange of
+// link (a capacity, 0 unknown). Rates achieved on links of unknown
+// capacity are not compared: the link may have changed in between.
+func (c *Controller) freshRate(i int, now time.Time, link float64) bool {
+	o := c.obs[i]
+	if o.rate <= 0 || now.Sub(o.rateAt) >= obsMaxAge || o.rateLink <= 0 || link <= 0 {
+		return false
+	}
+	return math.Abs(link-o.rateLink) <= linkChange*o.rateLink
+}
+
+// bestStep is the step of lo..hi with the highest predicted throughput on
+// a link of the given rate, the heaviest within bestTolerance of it.
+func (c *Controller) bestStep(lo, hi int, link float64) int {
+	top := 0.0
+	for i := lo; i <= hi; i++ {
+		top = math.Max(top, throughput(c.speed(i), c.ratio(i), c.workers, link))
+	}
+	pick := lo
+	for i := lo; i <= hi; i++ {
+		if throughput(c.speed(i), c.ratio(i), c.workers, link) >= top*(1-bestTolerance) {
+			pick = i
+		}
+	}
+	return pick
+}
+
 // observed reports whether step i has a fresh observation.
 func (c *Controller) observed(i int, now time.Time) bool {
 	o := c.obs[i]
@@ -475,12 +627,21 @@ func (c *Controller) observed(i int, now time.Time) bool {
 
 // speed and ratio are the best guesses for a step: its own recent
 // observation, else its prior scaled like the current step's.
+//
+// A stale speed observation still says how the step compares with the
+// others on this machine and this data (a codec that suffers more than
+// the rest from a competing process): it is scaled by how the current
+// step's speed moved since, rather than dropped for the prior. Dropping
+// it made the controller retry a step that did not fit every obsMaxAge.
 func (c *Controller) speed(i int) float64 {
-	if o := c.obs[i]; o.ok && o.speed > 0 && c.now().Sub(o.at) < obsMaxAge {
+	o := c.obs[i]
+	switch {
+	case o.ok && o.speed > 0 && c.now().Sub(o.at) < obsMaxAge:
 		return o.speed
-	}
-	if c.ladder[i].Speed >= storeSpeed {
+	case c.ladder[i].Speed >= storeSpeed:
 		return storeSpeed
+	case o.ok && o.speed > 0 && o.scaleAt > 0:
+		return o.speed * c.speedScale / o.scaleAt
 	}
 	return c.ladder[i].Speed * c.speedScale
 }
@@ -534,26 +695,86 @@ func (c *Controller) setMode(now time.Time, m Mode, w Window) {
 	}
 }
 
-// updatePath refreshes the passive estimate.
-func (c *Controller) updatePath(now time.Time, ls LinkSample) {
+// updatePath refreshes the passive estimate and returns the window's RTT
+// sample and whether the window had a standing queue.
+//
+// RTT: the smallest sample of the last rttWindow. A sample is the
+// smallest of the transport's smoothed ping RTT, the kernel's smoothed
+// RTT of the data connections and, when it fell since the last reading,
+// the kernel's minimum RTT (the path got shorter: a sample of this
+// window). The transport's RTT alone reads a 0.5 ms link at 19-40 ms
+// under load (queueing, a busy machine replying late), and its minimum
+// never forgets a longer path that preceded.
+//
+// Loss: retransmissions count only in windows without a standing queue.
+// A flow that keeps the bottleneck's queue full (kernel SRTT above
+// queueFactor times its minimum plus queueSlack) loses packets to its own
+// congestion, and the bandwidth estimate already says what the path
+// delivers; random loss on the path comes without a queue (a thin lossy
+// path never fills one), and that is what the loss threshold is about.
+func (c *Controller) updatePath(now time.Time, ls LinkSample) (time.Duration, bool) {
 	p := c.path
 	p.When, p.Source = now, "passive"
 	if l := c.linkEstimate(); l > 0 {
 		p.Bandwidth = math.Min(l, maxBandwidth)
 	}
-	if ls.RTT > 0 {
-		p.RTT = ls.RTT
-	}
-	if ls.CountersOK && c.countersOK {
-		ds := ls.Counters.SegmentsSent - c.counters0.SegmentsSent
-		if ls.Counters.SegmentsSent >= c.counters0.SegmentsSent+minLossSegments && ls.Counters.Retransmitted >= c.counters0.Retransmitted {
-			p.Loss = math.Min(float64(ls.Counters.Retransmitted-c.counters0.Retransmitted)/float64(ds), 1)
-			c.counters0 = ls.Counters
+	r := ls.RTT
+	queued := false
+	if ls.CountersOK {
+		k := ls.Counters
+		r = minPositive(r, k.SRTT)
+		if k.MinRTT > 0 {
+			if c.kernelMin <= 0 || k.MinRTT < c.kernelMin {
+				r = minPositive(r, k.MinRTT)
+			}
+			c.kernelMin = k.MinRTT
 		}
-	} else if ls.CountersOK {
-		c.counters0, c.countersOK = ls.Counters, true
+		queued = k.SRTT > 0 && k.MinRTT > 0 && k.SRTT > time.Duration(queueFactor*float64(k.MinRTT))+queueSlack
+	}
+	if r > 0 {
+		// Drop samples older than the window (and the oldest beyond the
+		// cap), then add this one.
+		k := 0
+		for k < len(c.rtts) && (now.Sub(c.rtts[k].at) > rttWindow || len(c.rtts)-k >= rttSamples) {
+			k++
+		}
+		c.rtts = append(c.rtts[:0], c.rtts[k:]...)
+		c.rtts = append(c.rtts, rttSample{now, r})
+		m := r
+		for _, s := range c.rtts {
+			m = min(m, s.rtt)
+		}
+		p.RTT = m
+	}
+	c.lossWire += float64(c.wire)
+	switch {
+	case !ls.CountersOK:
+	case !c.countersOK:
+		c.counters0, c.countersOK, c.lossWire = ls.Counters, true, 0
+	case queued || ls.Counters.SegmentsSent < c.counters0.SegmentsSent || ls.Counters.Retransmitted < c.counters0.Retransmitted:
+		// Our own congestion drops (or counters that went back: another
+		// set of connections): start counting again from here.
+		c.counters0, c.lossWire = ls.Counters, 0
+	case ls.Counters.SegmentsSent >= c.counters0.SegmentsSent+minLossSegments:
+		ds := ls.Counters.SegmentsSent - c.counters0.SegmentsSent
+		loss := math.Min(float64(ls.Counters.Retransmitted-c.counters0.Retransmitted)/float64(ds), 1)
+		if loss > 0 && p.RTT > 0 && c.lossWire > 0 {
+			// Loss is the path's when it limits what TCP carries: the
+			// session's connections at this RTT, loss and segment size
+			// (Mathis et al.) must fall short of the datacenter bar.
+			// Otherwise it is TCP probing a fat path (the lab's 0.5 ms,
+			// 64000-byte-frame link read 1 % that way; those connections
+			// could carry GB/s each at that rate).
+			seg := c.lossWire / float64(ds)
+			if mathis := float64(c.streams) * seg * 1.22 / (p.RTT.Seconds() * math.Sqrt(loss)); mathis >= c.class.t.DatacenterMinBandwidth {
+				loss = 0
+			}
+		}
+		p.Loss = loss
+		c.counters0, c.lossWire = ls.Counters, 0
 	}
 	c.path = p
+	return r, queued
 }
 
 // recommend updates the stream-count recommendation. The transport may

@@ -22,6 +22,13 @@ type Conn interface {
 type TCPCounters struct {
 	SegmentsSent  uint64 // data segments sent, retransmissions included
 	Retransmitted uint64 // segments retransmitted
+	// SRTT and MinRTT are the kernel's smoothed and minimum RTT, the
+	// smallest over the connections (0: unknown). They come from ACKs in
+	// the kernel, so unlike a user-space ping they do not include the
+	// time a loaded machine takes to schedule the peer's reply. MinRTT is
+	// a minimum over minutes (tcp_min_rtt_wlen): it follows a path that
+	// got shorter at once, one that got longer not at all.
+	SRTT, MinRTT time.Duration
 }
 
 // LossSource reports TCP counters of the connections a probe's burst
