@@ -42,6 +42,13 @@ type SourceOptions struct {
 	// switch over) are made against the real rate rather than the speed of
 	// the local socket into DWCP.
 	EffectiveRate func() uint64
+	// SendWindow, when set, is what the session may keep in flight (bytes),
+	// re-read every two seconds: little more than the path's
+	// bandwidth-delay product, because every byte queued in DWCP is a byte
+	// QEMU counts as sent, and at switchover the paused VM waits for that
+	// queue to drain. It applies when the connection can cap itself
+	// (transport.Session.SetSendWindow).
+	SendWindow func() int64
 }
 
 // Result describes a finished migration.
@@ -195,6 +202,23 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 		go func() {
 			defer wg.Done()
 			followRate(mctx, hv, id, opts.Params, opts.EffectiveRate, note)
+		}()
+	}
+	if w, ok := c.(interface{ SetSendWindow(int64) }); ok && opts.SendWindow != nil {
+		w.SetSendWindow(opts.SendWindow())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(2 * time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-mctx.Done():
+					return
+				case <-t.C:
+					w.SetSendWindow(opts.SendWindow())
+				}
+			}
 		}()
 	}
 

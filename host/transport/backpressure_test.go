@@ -105,3 +105,73 @@ func TestCloseWriteWaitsForConsumer(t *testing.T) {
 		t.Fatalf("CloseWrite after the consumer drained: %v", err)
 	}
 }
+
+// TestSendWindowCap: a sender's own cap holds it far below the peer's
+// window, frequent acks keep a capped stream moving, and raising the cap
+// releases a blocked Send.
+func TestSendWindowCap(t *testing.T) {
+	opts := Options{MaxMessage: 64 << 10, WindowBytes: 8 << 20, WindowMessages: 512}
+	e := newEnv(t, ListenConfig{Options: opts}, DialConfig{Streams: 1, Options: opts})
+	cli, srv := e.pair()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	msg := make([]byte, 32<<10)
+	cli.SetSendWindow(128 << 10)
+	sent := 0
+	for ; sent < 100; sent++ {
+		sctx, scancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		err := cli.Send(sctx, msg)
+		scancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if sent != 4 {
+		t.Fatalf("sent %d messages of 32 KiB under a 128 KiB cap before blocking, want 4", sent)
+	}
+	if st := cli.Stats(); st.UnackedBytes > 128<<10 {
+		t.Fatalf("%d bytes unacknowledged under a 128 KiB cap", st.UnackedBytes)
+	}
+	// Raising the cap lets the blocked sender go on at once.
+	done := make(chan error, 1)
+	go func() { done <- cli.Send(ctx, msg) }()
+	time.Sleep(50 * time.Millisecond)
+	cli.SetSendWindow(0)
+	if err := <-done; err != nil {
+		t.Fatalf("Send after the cap was lifted: %v", err)
+	}
+	for range sent + 1 {
+		if _, err := srv.Recv(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A capped stream keeps moving while the receiver consumes: 8 MiB
+	// through a 128 KiB cap (acks come every 256 KiB consumed or when
+	// the receiver has taken everything).
+	cli.SetSendWindow(128 << 10)
+	const total = 8 << 20
+	recvd := make(chan error, 1)
+	go func() {
+		n := 0
+		for n < total {
+			m, err := srv.Recv(ctx)
+			if err != nil {
+				recvd <- err
+				return
+			}
+			n += len(m)
+		}
+		recvd <- nil
+	}()
+	for n := 0; n < total; n += len(msg) {
+		if err := cli.Send(ctx, msg); err != nil {
+			t.Fatalf("capped stream stalled after %d bytes: %v", n, err)
+		}
+	}
+	if err := <-recvd; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -23,6 +23,9 @@ type sendLane struct {
 	xmit     uint64 // next sequence number to put on a connection this epoch
 	maxXmit  uint64 // highest sequence number ever put on a connection
 	bytes    int64  // unacknowledged payload bytes
+	// limit, when positive, is this side's own cap on unacknowledged
+	// bytes below the peer's window (Session.SetSendWindow).
+	limit int64
 
 	finQueued bool
 	fin       uint64
@@ -36,9 +39,13 @@ func newSendLane(lane uint8, win uint64, winBytes int64, maxMsg int) *sendLane {
 		maxMsg: maxMsg, next: 1, xmit: 1, space: make(chan struct{}, 1)}
 }
 
-// fits reports whether a message of n bytes may be sent now.
+// fits reports whether a message of n bytes may be sent now. The peer's
+// window is a hard limit; the local cap always lets one message through.
 func (l *sendLane) fits(n int) bool {
-	return l.next-1-l.acked < l.win && l.bytes+int64(n) <= l.winBytes
+	if l.next-1-l.acked >= l.win || l.bytes+int64(n) > l.winBytes {
+		return false
+	}
+	return l.limit <= 0 || l.bytes == 0 || l.bytes+int64(n) <= l.limit
 }
 
 // ack frees everything up to and including seq and returns the payload
@@ -199,8 +206,13 @@ func (l *recvLane) ackDue() bool {
 	if l.consumed == l.ackSent {
 		return false
 	}
-	return l.consumed+1 >= l.next || (l.consumed-l.ackSent)*4 >= l.win || l.unacked*4 >= l.winBytes
+	return l.consumed+1 >= l.next || (l.consumed-l.ackSent)*4 >= l.win || l.unacked*4 >= l.winBytes || l.unacked >= ackEveryBytes
 }
+
+// ackEveryBytes bounds the consumed bytes an ack waits for, so that a
+// sender that caps itself far below the window (SetSendWindow) still hears
+// of progress often enough to keep the path full.
+const ackEveryBytes = 256 << 10
 
 // setFin records the peer's end of stream.
 func (l *recvLane) setFin(seq uint64) error {

@@ -271,6 +271,23 @@ func laneName(lane uint8) string {
 
 // Recv returns the next message of the bulk lane, exactly once and in
 // order. The returned slice belongs to the caller. After the peer's
+// SetSendWindow caps the bulk bytes this side keeps unacknowledged at n
+// (0 or less: only the peer's window limits it). A live migration wants
+// little more than the path's bandwidth-delay product in flight: every
+// byte queued here is a byte QEMU believes delivered, and at switchover
+// the VM waits for the queue to drain. One message always fits, whatever
+// n is. Safe to call at any time.
+func (s *Session) SetSendWindow(n int64) {
+	s.mu.Lock()
+	out := s.out[laneBulk]
+	grew := n <= 0 || n > out.limit
+	out.limit = max(n, 0)
+	s.mu.Unlock()
+	if grew {
+		kick(out.space)
+	}
+}
+
 // CloseWrite and the last message it returns io.EOF.
 func (s *Session) Recv(ctx context.Context) ([]byte, error) {
 	return s.recv(ctx, laneBulk, nil, false)

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dwcp/dwcp/host/modes"
 )
 
 // The control socket's protocol, against a real daemon-side server: bad
@@ -99,5 +101,22 @@ func TestStaleControlSocketIsReplaced(t *testing.T) {
 	cs.Close()
 	if _, ok := daemonAvailable(filepath.Join(t.TempDir(), "none.sock")); ok {
 		t.Fatal("a missing socket counts as a daemon")
+	}
+}
+
+func TestMigrationWindow(t *testing.T) {
+	for _, c := range []struct {
+		rate float64 // bytes/s
+		rtt  time.Duration
+		want int64
+	}{
+		{12.5e6, 60 * time.Millisecond, 3_000_000}, // 100 Mbit/s internet: 4 BDP
+		{500e6, 500 * time.Microsecond, 2 << 20},   // datacenter: the floor
+		{125e6, 200 * time.Millisecond, 16 << 20},  // long fat path: the transport's window
+		{0, 0, 2 << 20}, // nothing known yet
+	} {
+		if got := migrationWindow(modes.Path{Bandwidth: c.rate, RTT: c.rtt}); got != c.want {
+			t.Errorf("rate %g RTT %s: window %d, want %d", c.rate, c.rtt, got, c.want)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dwcp/dwcp/host/agent"
 	"github.com/dwcp/dwcp/host/migrate"
+	"github.com/dwcp/dwcp/host/modes"
 	"github.com/dwcp/dwcp/host/pipeline"
 	"github.com/dwcp/dwcp/sdk"
 	"github.com/dwcp/dwcp/sdk/hypervisor"
@@ -134,6 +135,7 @@ func runMigration(ctx context.Context, a *agent.Agent, req migrateRequest, log i
 		Mode: plan.Mode.String(), Params: params, MaxDuration: req.MaxTime, Progress: &pipeline.Progress{},
 		PageStage: plan.PageStage(),
 	}
+	opts.SendWindow = func() int64 { return migrationWindow(plan.Controller.Path()) }
 	if req.MaxBandwidth == 0 {
 		opts.Params.MaxBandwidth = 10 << 30
 		opts.EffectiveRate = func() uint64 { return effectiveRate(plan.Controller.Path().Bandwidth, opts.Progress.Snapshot()) }
@@ -180,6 +182,19 @@ func runMigration(ctx context.Context, a *agent.Agent, req migrateRequest, log i
 		out.VsQEMUStream = float64(out.WireBytes) / float64(out.StreamBytes)
 	}
 	return out, nil
+}
+
+// migrationWindow is what a migration keeps in flight on path: four times
+// its bandwidth-delay product, at least 2 MiB, at most the transport's
+// default 16 MiB window. Beyond that a queue only delays the switchover
+// (at 100 Mbit/s, 16 MiB is 1.3 s). Measured on the lab's internet
+// profile (60 ms, 100 Mbit/s, 128 MiB guest, 3 runs each): 2 BDP starved
+// the link (migration 6.2-10.8 s, downtime 130-300 ms), 16 MiB ran 3.2-4.5 s
+// with downtime 305-500 ms (and above QEMU's own in earlier runs), 4 BDP
+// 4.0-5.8 s with 370-400 ms.
+func migrationWindow(p modes.Path) int64 {
+	bdp := p.Bandwidth * p.RTT.Seconds()
+	return int64(min(max(4*bdp, 2<<20), 16<<20))
 }
 
 func printMigrateSummary(w io.Writer, to string, out migrateSummary) {
