@@ -2,6 +2,7 @@ package livelab
 
 import (
 	"context"
+	"github.com/dwcp/dwcp/host/internal/buildtest"
 	"testing"
 	"time"
 
@@ -17,7 +18,7 @@ import (
 func BenchmarkLiveMigration(b *testing.B) {
 	g := testguest.Require(b)
 	wanlab.SkipUnlessAvailable(b)
-	dwcp, plugins := buildProduct(b)
+	dwcp, plugins := buildtest.Product(b, buildtest.Zstd, buildtest.S2, buildtest.LZ4, buildtest.QEMU)
 	for _, profile := range []string{"dc", "internet"} {
 		b.Run(profile, func(b *testing.B) {
 			for b.Loop() {

@@ -2,8 +2,7 @@ package livelab
 
 import (
 	"context"
-	"os/exec"
-	"path/filepath"
+	"github.com/dwcp/dwcp/host/internal/buildtest"
 	"strings"
 	"testing"
 	"time"
@@ -11,29 +10,6 @@ import (
 	"github.com/dwcp/dwcp/host/internal/testguest"
 	"github.com/dwcp/dwcp/host/wanlab"
 )
-
-// buildProduct builds dwcp and the plugins a migration needs, pinned.
-func buildProduct(t testing.TB) (dwcp, plugins string) {
-	t.Helper()
-	dir := t.TempDir()
-	plugins = filepath.Join(dir, "plugins")
-	root := filepath.Join("..", "..", "..")
-	builds := [][2]string{{filepath.Join(dir, "dwcp"), "./host/cmd/dwcp"}}
-	for _, p := range []string{"plugins/zstd", "plugins/s2", "plugins/lz4", "hypervisors/qemu"} {
-		builds = append(builds, [2]string{filepath.Join(plugins, "dwcp-plugin-"+filepath.Base(p)), "./" + p})
-	}
-	for _, b := range builds {
-		cmd := exec.Command("go", "build", "-o", b[0], b[1])
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", b[1], err, out)
-		}
-	}
-	if out, err := exec.Command(filepath.Join(dir, "dwcp"), "plugins", "pin", "--dir", plugins).CombinedOutput(); err != nil {
-		t.Fatalf("pin: %v\n%s", err, out)
-	}
-	return filepath.Join(dir, "dwcp"), plugins
-}
 
 // TestLiveMigration migrates a real guest (QEMU/TCG, 192 MiB, steady dirty
 // rate) between two WAN-lab hosts with the real dwcp binary and plugins:
@@ -43,7 +19,7 @@ func buildProduct(t testing.TB) (dwcp, plugins string) {
 func TestLiveMigration(t *testing.T) {
 	g := testguest.Require(t)
 	wanlab.SkipUnlessAvailable(t)
-	dwcp, plugins := buildProduct(t)
+	dwcp, plugins := buildtest.Product(t, buildtest.Zstd, buildtest.S2, buildtest.LZ4, buildtest.QEMU)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	env, err := New(ctx, Config{Profile: "internet", Dwcp: dwcp, PluginDir: plugins,

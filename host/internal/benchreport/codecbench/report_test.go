@@ -3,10 +3,9 @@ package codecbench
 import (
 	"bytes"
 	"context"
+	"github.com/dwcp/dwcp/host/internal/benchreport/reporttest"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -53,14 +52,14 @@ func TestPartsQuick(t *testing.T) {
 	tp := table(t, p, TitleDCThroughput)
 	for _, want := range []string{"64.0 KiB prefix", "256.0 KiB prefix", "1.0 MiB prefix", "10.0 MiB prefix", "whole stream (QEMU-aware)"} {
 		row := rowOf(t, tp, want)
-		if v := num(t, cell(t, tp, row, "DWCP MB/s")); v <= 0 {
+		if v := reporttest.Number(t, cell(t, tp, row, "DWCP MB/s")); v <= 0 {
 			t.Errorf("throughput %s: DWCP %v MB/s", want, v)
 		}
-		if v := num(t, cell(t, tp, row, "TCP relay MB/s")); v <= 0 {
+		if v := reporttest.Number(t, cell(t, tp, row, "TCP relay MB/s")); v <= 0 {
 			t.Errorf("throughput %s: relay %v MB/s", want, v)
 		}
 	}
-	if r := num(t, cell(t, tp, rowOf(t, tp, "whole stream (QEMU-aware)"), "stream ÷ wire bytes")); r < 1.5 {
+	if r := reporttest.Number(t, cell(t, tp, rowOf(t, tp, "whole stream (QEMU-aware)"), "stream ÷ wire bytes")); r < 1.5 {
 		t.Errorf("datacenter pipeline on the real stream: ratio %v, want > 1.5", r)
 	}
 
@@ -69,7 +68,7 @@ func TestPartsQuick(t *testing.T) {
 		t.Errorf("latency table: %d rows, want 2 codecs x 3 sizes", len(lt.Rows))
 	}
 	for i := range lt.Rows {
-		p50, p95 := num(t, cell(t, lt, i, "compress P50 ms")), num(t, cell(t, lt, i, "compress P95 ms"))
+		p50, p95 := reporttest.Number(t, cell(t, lt, i, "compress P50 ms")), reporttest.Number(t, cell(t, lt, i, "compress P95 ms"))
 		if p50 <= 0 || p95 < p50 {
 			t.Errorf("latency row %v: P50 %v P95 %v", lt.Rows[i], p50, p95)
 		}
@@ -80,13 +79,13 @@ func TestPartsQuick(t *testing.T) {
 		t.Errorf("sessions table: %d rows, want 3 counts x 3 paths", len(st.Rows))
 	}
 	for i := range st.Rows {
-		if cell(t, st, i, "path") == "DWCP" && num(t, cell(t, st, i, "CPU ms per MB")) <= 0 {
+		if cell(t, st, i, "path") == "DWCP" && reporttest.Number(t, cell(t, st, i, "CPU ms per MB")) <= 0 {
 			t.Errorf("sessions row %v: DWCP used no CPU", st.Rows[i])
 		}
 	}
 
 	pt := table(t, p, TitlePatterns)
-	ratioOf := func(name string) float64 { return num(t, cell(t, pt, rowOf(t, pt, name), "ratio")) }
+	ratioOf := func(name string) float64 { return reporttest.Number(t, cell(t, pt, rowOf(t, pt, name), "ratio")) }
 	if r := ratioOf("zeros"); r < 100 {
 		t.Errorf("zeros through the internet pipeline: ratio %v, want > 100", r)
 	}
@@ -98,7 +97,7 @@ func TestPartsQuick(t *testing.T) {
 	}
 
 	tt := table(t, p, TitleTiers)
-	local, global := num(t, cell(t, tt, rowOf(t, tt, "local"), "ratio")), num(t, cell(t, tt, rowOf(t, tt, "global"), "ratio"))
+	local, global := reporttest.Number(t, cell(t, tt, rowOf(t, tt, "local"), "ratio")), reporttest.Number(t, cell(t, tt, rowOf(t, tt, "global"), "ratio"))
 	if global <= local {
 		t.Errorf("global tier ratio %v not above local %v: the internet plan should trade speed for bytes", global, local)
 	}
@@ -107,7 +106,7 @@ func TestPartsQuick(t *testing.T) {
 	if len(dt.Rows) != 6 {
 		t.Errorf("delta table: %d rows, want 6", len(dt.Rows))
 	}
-	if r := num(t, cell(t, dt, rowOf(t, dt, "1 % (one contiguous run)"), "full ÷ delta bytes")); r < 5 {
+	if r := reporttest.Number(t, cell(t, dt, rowOf(t, dt, "1 % (one contiguous run)"), "full ÷ delta bytes")); r < 5 {
 		t.Errorf("delta of pages with 1 %% changed in one run: %vx smaller than full compression, want > 5", r)
 	}
 
@@ -116,7 +115,7 @@ func TestPartsQuick(t *testing.T) {
 		t.Errorf("CLI table: %d rows, want %d", len(ct.Rows), len(patternNames)*len(cliSettings))
 	}
 	for i := range ct.Rows {
-		if cell(t, ct, i, "input") == "zeros" && num(t, cell(t, ct, i, "plugin ratio")) < 50 {
+		if cell(t, ct, i, "input") == "zeros" && reporttest.Number(t, cell(t, ct, i, "plugin ratio")) < 50 {
 			t.Errorf("CLI row %v: plugin ratio on zeros below 50", ct.Rows[i])
 		}
 	}
@@ -151,18 +150,4 @@ func cell(t *testing.T, tb benchreport.ParsedTable, row int, col string) string 
 	}
 	t.Fatalf("table %q has no column %q", tb.Title, col)
 	return ""
-}
-
-// num reads the leading number of a cell ("12.3 (10.1–14.0, n=3)", "3.1x").
-func num(t *testing.T, c string) float64 {
-	t.Helper()
-	f := strings.Fields(c)
-	if len(f) == 0 {
-		t.Fatalf("empty cell")
-	}
-	v, err := strconv.ParseFloat(strings.TrimSuffix(f[0], "x"), 64)
-	if err != nil {
-		t.Fatalf("cell %q is not a number", c)
-	}
-	return v
 }

@@ -2,8 +2,9 @@ package livebench
 
 import (
 	"context"
+	"github.com/dwcp/dwcp/host/internal/benchreport/reporttest"
+	"github.com/dwcp/dwcp/host/internal/buildtest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,30 +21,6 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// buildProduct builds dwcp and the plugins a migration needs, pinned (as
-// livelab's tests do).
-func buildProduct(t testing.TB) (dwcp, plugins string) {
-	t.Helper()
-	dir := t.TempDir()
-	plugins = filepath.Join(dir, "plugins")
-	root := filepath.Join("..", "..", "..", "..")
-	builds := [][2]string{{filepath.Join(dir, "dwcp"), "./host/cmd/dwcp"}}
-	for _, p := range []string{"plugins/zstd", "plugins/s2", "plugins/lz4", "plugins/passthrough", "hypervisors/qemu"} {
-		builds = append(builds, [2]string{filepath.Join(plugins, "dwcp-plugin-"+filepath.Base(p)), "./" + p})
-	}
-	for _, b := range builds {
-		cmd := exec.Command("go", "build", "-o", b[0], b[1])
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", b[1], err, out)
-		}
-	}
-	if out, err := exec.Command(filepath.Join(dir, "dwcp"), "plugins", "pin", "--dir", plugins).CombinedOutput(); err != nil {
-		t.Fatalf("pin: %v\n%s", err, out)
-	}
-	return filepath.Join(dir, "dwcp"), plugins
-}
-
 var spec = []benchreport.SectionSpec{benchreport.Compose("x", "Live migrations", "", InternetMigrations, QEMUNative)}
 
 // ratio parses "0.45x" or "0.45x (0.40–0.50, n=3)".
@@ -57,24 +34,12 @@ func ratio(t *testing.T, cell string) float64 {
 	return v
 }
 
-// column returns the index of the column named name.
-func column(t *testing.T, tb benchreport.ParsedTable, name string) int {
-	t.Helper()
-	for i, c := range tb.Columns {
-		if c == name {
-			return i
-		}
-	}
-	t.Fatalf("table %q has no column %q: %q", tb.Title, name, tb.Columns)
-	return -1
-}
-
 // TestPartsQuick runs both parts in quick mode with real migrations: one
 // 128 MiB guest on the internet profile, DWCP and QEMU's three methods.
 func TestPartsQuick(t *testing.T) {
 	testguest.Require(t)
 	wanlab.SkipUnlessAvailable(t)
-	dwcp, plugins := buildProduct(t)
+	dwcp, plugins := buildtest.Product(t, append(buildtest.Codecs, buildtest.QEMU)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	out := t.TempDir()
@@ -105,8 +70,8 @@ func TestPartsQuick(t *testing.T) {
 	if len(inet.Rows) != 2 {
 		t.Fatalf("internet table: %d rows, want DWCP and QEMU plain for one profile and size", len(inet.Rows))
 	}
-	method, bytesVs, perRAM, timeVs := column(t, inet, "Method"), column(t, inet, "Bytes vs QEMU plain"),
-		column(t, inet, "Bytes / guest RAM"), column(t, inet, "Time vs QEMU plain")
+	method, bytesVs, perRAM, timeVs := reporttest.Column(t, inet, "Method"), reporttest.Column(t, inet, "Bytes vs QEMU plain"),
+		reporttest.Column(t, inet, "Bytes / guest RAM"), reporttest.Column(t, inet, "Time vs QEMU plain")
 	for _, row := range inet.Rows {
 		for i, c := range row {
 			if strings.HasPrefix(c, "n/a") {
@@ -134,7 +99,7 @@ func TestPartsQuick(t *testing.T) {
 	if len(native.Rows) != 8 {
 		t.Fatalf("native table: %d rows, want 4 methods on 2 profiles", len(native.Rows))
 	}
-	settings := column(t, native, "Settings (read back from the source QEMU)")
+	settings := reporttest.Column(t, native, "Settings (read back from the source QEMU)")
 	want := map[string]string{"QEMU plain": "capabilities", "QEMU xbzrle": "xbzrle cache", "QEMU multifd+zstd": "compression zstd",
 		label(methodDWCP): "dwcp migrate --mode auto"}
 	for _, row := range native.Rows {

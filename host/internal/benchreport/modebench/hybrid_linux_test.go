@@ -4,10 +4,10 @@ package modebench
 
 import (
 	"context"
+	"github.com/dwcp/dwcp/host/internal/benchreport/reporttest"
+	"github.com/dwcp/dwcp/host/internal/buildtest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,60 +17,12 @@ import (
 	"github.com/dwcp/dwcp/host/wanlab"
 )
 
-// buildPlugins builds the codec plugins and pins them, as `make build`
-// does for bin/plugins.
-func buildPlugins(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	plugins := filepath.Join(dir, "plugins")
-	root := filepath.Join("..", "..", "..", "..")
-	builds := [][2]string{{filepath.Join(dir, "dwcp"), "./host/cmd/dwcp"}}
-	for _, p := range []string{"plugins/zstd", "plugins/s2", "plugins/lz4"} {
-		builds = append(builds, [2]string{filepath.Join(plugins, "dwcp-plugin-"+filepath.Base(p)), "./" + p})
-	}
-	for _, b := range builds {
-		cmd := exec.Command("go", "build", "-o", b[0], b[1])
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", b[1], err, out)
-		}
-	}
-	if out, err := exec.Command(filepath.Join(dir, "dwcp"), "plugins", "pin", "--dir", plugins).CombinedOutput(); err != nil {
-		t.Fatalf("pin: %v\n%s", err, out)
-	}
-	return plugins
-}
-
 // logWriter sends the run's progress lines to the test log.
 type logWriter struct{ t *testing.T }
 
 func (w logWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
-}
-
-func cellNumber(t *testing.T, cell string) float64 {
-	t.Helper()
-	f := strings.Fields(cell)
-	if len(f) == 0 {
-		t.Fatalf("empty cell")
-	}
-	v, err := strconv.ParseFloat(strings.TrimSuffix(f[0], "x"), 64)
-	if err != nil {
-		t.Fatalf("cell %q does not start with a number: %v", cell, err)
-	}
-	return v
-}
-
-func column(t *testing.T, tab benchreport.ParsedTable, name string) int {
-	t.Helper()
-	for i, c := range tab.Columns {
-		if c == name {
-			return i
-		}
-	}
-	t.Fatalf("table %q has no column %q: %v", tab.Title, name, tab.Columns)
-	return -1
 }
 
 // TestHybridQuick runs the part in quick mode in the WAN lab with real
@@ -85,7 +37,7 @@ func TestHybridQuick(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the plugins and runs the WAN lab for about a minute")
 	}
-	plugins := buildPlugins(t)
+	_, plugins := buildtest.Product(t, buildtest.Zstd, buildtest.S2, buildtest.LZ4)
 	out := t.TempDir()
 	specs := []benchreport.SectionSpec{benchreport.Compose("hybrid", "Hybrid mode", "", Hybrid)}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -113,14 +65,14 @@ func TestHybridQuick(t *testing.T) {
 	if len(det.Rows) != len(profiles) {
 		t.Fatalf("detection table has %d rows for %d profiles", len(det.Rows), len(profiles))
 	}
-	acc := column(t, det, "accuracy")
-	exp := column(t, det, "expected mode (settings vs thresholds)")
+	acc := reporttest.Column(t, det, "accuracy")
+	exp := reporttest.Column(t, det, "expected mode (settings vs thresholds)")
 	for i, p := range profiles {
 		row := det.Rows[i]
 		if row[0] != p.Name {
 			t.Errorf("row %d is %q, want profile %q", i, row[0], p.Name)
 		}
-		if a := cellNumber(t, row[acc]); a < 0 || a > 100 {
+		if a := reporttest.Number(t, row[acc]); a < 0 || a > 100 {
 			t.Errorf("%s: accuracy %v outside 0..100", p.Name, a)
 		}
 		if p.Name == "dc" && row[exp] != modes.Datacenter.String() {
@@ -145,9 +97,9 @@ func TestHybridQuick(t *testing.T) {
 	if len(ad.Rows) < 4 {
 		t.Fatalf("adaptive table has %d rows: want plain TCP, the fixed steps and the controller", len(ad.Rows))
 	}
-	vsPlain := column(t, ad, "time vs plain TCP")
-	tp := column(t, ad, "throughput (stream)")
-	if !strings.HasPrefix(ad.Rows[0][0], "plain TCP") || cellNumber(t, ad.Rows[0][vsPlain]) != 1 {
+	vsPlain := reporttest.Column(t, ad, "time vs plain TCP")
+	tp := reporttest.Column(t, ad, "throughput (stream)")
+	if !strings.HasPrefix(ad.Rows[0][0], "plain TCP") || reporttest.Number(t, ad.Rows[0][vsPlain]) != 1 {
 		t.Errorf("first row must be plain TCP at 1.00x of itself: %v", ad.Rows[0])
 	}
 	last := ad.Rows[len(ad.Rows)-1]
@@ -155,7 +107,7 @@ func TestHybridQuick(t *testing.T) {
 		t.Errorf("last row %q, want the adaptive controller", last[0])
 	}
 	for _, row := range ad.Rows {
-		if v := cellNumber(t, row[tp]); !(v > 0) {
+		if v := reporttest.Number(t, row[tp]); !(v > 0) {
 			t.Errorf("%s: throughput %v", row[0], v)
 		}
 	}
