@@ -154,7 +154,7 @@ func TestChartErrorsBecomeNotes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(p.Images) != 0 || !containsPrefix(p.Notes, "Chart bad.svg could not be drawn") {
+	if len(p.Images) != 0 || !ContainsPrefix(p.Notes, "Chart bad.svg could not be drawn") {
 		t.Fatalf("undrawable chart not explained: %+v", p.Notes)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -152,7 +153,7 @@ func Check(dir string, specs []SectionSpec) (*ParsedReport, error) {
 			}
 		}
 		for _, f := range spec.Figures {
-			if !containsString(p.Images, f) && !containsPrefix(p.Notes, "Chart "+f+" ") && !containsPrefix(p.Notes, "Chart "+f+":") {
+			if !slices.Contains(p.Images, f) && !ContainsPrefix(p.Notes, "Chart "+f+" ") && !ContainsPrefix(p.Notes, "Chart "+f+":") {
 				errs = append(errs, fmt.Errorf("section %q: chart %s neither drawn nor explained", spec.Title, f))
 			}
 		}
@@ -188,20 +189,8 @@ func Check(dir string, specs []SectionSpec) (*ParsedReport, error) {
 	return p, errors.Join(errs...)
 }
 
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
-func containsPrefix(list []string, prefix string) bool {
-	for _, v := range list {
-		if strings.HasPrefix(v, prefix) {
-			return true
-		}
-	}
-	return false
+// ContainsPrefix tells whether any of list starts with prefix (for reading
+// a report's notes back).
+func ContainsPrefix(list []string, prefix string) bool {
+	return slices.ContainsFunc(list, func(v string) bool { return strings.HasPrefix(v, prefix) })
 }

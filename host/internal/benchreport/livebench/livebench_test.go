@@ -6,6 +6,7 @@ import (
 	"github.com/dwcp/dwcp/host/internal/buildtest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -124,7 +125,7 @@ func TestPartsQuick(t *testing.T) {
 		}
 	}
 	for _, f := range []string{FigInternetTime, FigInternetBytes, FigNative} {
-		if !containsStr(p.Images, f) {
+		if !slices.Contains(p.Images, f) {
 			t.Errorf("chart %s not drawn", f)
 		}
 	}
@@ -169,28 +170,10 @@ func TestPartsWithoutPrerequisites(t *testing.T) {
 		t.Errorf("reason %q does not say what is missing", got)
 	}
 	for _, f := range []string{FigInternetTime, FigInternetBytes, FigNative} {
-		if !containsPrefix(p.Notes, "Chart "+f+": not drawn: ") {
+		if !benchreport.ContainsPrefix(p.Notes, "Chart "+f+": not drawn: ") {
 			t.Errorf("chart %s: no note saying why it was not drawn", f)
 		}
 	}
-}
-
-func containsStr(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
-func containsPrefix(list []string, prefix string) bool {
-	for _, v := range list {
-		if strings.HasPrefix(v, prefix) {
-			return true
-		}
-	}
-	return false
 }
 
 // TestMethodsShared checks that the scenario both parts need runs every
