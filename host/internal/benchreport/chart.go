@@ -39,7 +39,7 @@ func (c *BarChart) Save(path string) error {
 	p := plot.New()
 	p.Title.Text = c.Title
 	p.Y.Label.Text = c.YLabel
-	width := vg.Points(math.Max(4, 60/float64(len(c.Series))))
+	width := vg.Points(math.Max(6, 100/float64(len(c.Series))))
 	for i, s := range c.Series {
 		if len(s.Values) != len(c.Categories) {
 			return fmt.Errorf("bar chart %q: series %q has %d values for %d categories", c.Title, s.Name, len(s.Values), len(c.Categories))
@@ -61,9 +61,12 @@ func (c *BarChart) Save(path string) error {
 		p.Add(bars)
 		p.Legend.Add(s.Name, bars)
 	}
-	p.Legend.Top = true
 	p.NominalX(c.Categories...)
-	w := vg.Length(math.Max(5, 1.2*float64(len(c.Categories)))) * vg.Inch
+	p.X.Tick.Label.Font.Size = vg.Points(9)
+	// Half a category of room on each side keeps the outer labels whole.
+	p.X.Min, p.X.Max = -0.5, float64(len(c.Categories))-0.5
+	legendAbove(p, len(c.Series), false)
+	w := vg.Length(math.Max(6, 1.9*float64(len(c.Categories)))) * vg.Inch
 	return save(p, w, path)
 }
 
@@ -125,9 +128,32 @@ func (c *LineChart) Save(path string) error {
 		p.Add(l, sc)
 		p.Legend.Add(s.Name, l, sc)
 	}
-	p.Legend.Top = true
 	p.Add(plotter.NewGrid())
-	return save(p, 6*vg.Inch, path)
+	legendAbove(p, len(c.Series), c.LogY)
+	// Room right of the last point for its tick label.
+	if span := p.X.Max - p.X.Min; span > 0 {
+		if c.LogX && p.X.Min > 0 {
+			p.X.Max *= math.Pow(p.X.Max/p.X.Min, 0.06)
+		} else {
+			p.X.Max += 0.06 * span
+		}
+	}
+	return save(p, 7*vg.Inch, path)
+}
+
+// legendAbove puts the legend in the top left corner and, on a linear Y
+// axis, raises the axis so that the legend sits above the data instead of
+// over it.
+func legendAbove(p *plot.Plot, entries int, logY bool) {
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Legend.XOffs = vg.Points(8)
+	p.Legend.TextStyle.Font.Size = vg.Points(10)
+	if !logY && p.Y.Max > p.Y.Min {
+		p.Y.Max += (0.05 + 0.09*float64(entries)) * (p.Y.Max - p.Y.Min)
+		if p.Y.Min > 0 {
+			p.Y.Min = 0
+		}
+	}
 }
 
 func save(p *plot.Plot, width vg.Length, path string) error {
