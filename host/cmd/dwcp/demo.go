@@ -145,7 +145,9 @@ func printRows(w io.Writer, prof wanlab.Profile, mem int, rows []livelab.Row) {
 			r.Downtime.Milliseconds(), r.QEMUDowntime.Milliseconds(), bytesString(r.WireBytes), vs, bytesString(r.StreamBytes), r.Heartbeat)
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\ndowntime: DWCP measures from the source QEMU's stop to the destination's report that its VM")
-	fmt.Fprintln(w, "runs; for QEMU's own migration both QEMUs are polled every 2 ms (source leaves running ->")
-	fmt.Fprintln(w, "destination running). bytes on the link: IP packets source->destination through the lab.")
+	fmt.Fprintln(w, "\ntotal: from the command (DWCP) or from starting the destination QEMU (QEMU's own) to the")
+	fmt.Fprintln(w, "destination running. downtime: DWCP measures from the source QEMU's STOP event to the")
+	fmt.Fprintln(w, "destination VM running (by the destination's clock when it agrees with the source's); for")
+	fmt.Fprintln(w, "QEMU's own migration both QEMUs are polled every 2 ms (source leaves running -> destination")
+	fmt.Fprintln(w, "running). bytes on the link: IP packets source->destination through the lab.")
 }
