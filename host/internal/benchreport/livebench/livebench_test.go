@@ -2,6 +2,7 @@ package livebench
 
 import (
 	"context"
+	"errors"
 	"github.com/dwcp/dwcp/host/internal/benchreport/reporttest"
 	"github.com/dwcp/dwcp/host/internal/buildtest"
 	"os"
@@ -341,4 +342,14 @@ func FuzzParseKV(f *testing.F) {
 			t.Fatalf("%d cells", len(row))
 		}
 	})
+}
+
+func TestFailureTextLeadsWithAGuestPanic(t *testing.T) {
+	err := errors.New("destination heartbeat after 51: qemu exited\nserial (last lines):\n[ 69.2] RIP: 0010:0x0\n[ 69.24] Kernel panic - not syncing: Fatal exception")
+	if got := failureText(err); !strings.HasPrefix(got, "the destination guest's kernel panicked") || strings.Contains(got, "\n") {
+		t.Errorf("failureText = %q", got)
+	}
+	if got := failureText(errors.New("dial tcp: refused")); got != "dial tcp: refused" {
+		t.Errorf("failureText = %q", got)
+	}
 }

@@ -271,12 +271,23 @@ func runCell(ctx context.Context, env *benchreport.Env, profile string, memMiB i
 			if err != nil {
 				env.Logf("livebench: %s: %s FAILED: %s", name, label(m), oneLine(err.Error()))
 				if _, seen := c.Failed[m]; !seen {
-					c.Failed[m] = oneLine(err.Error())
+					c.Failed[m] = failureText(err)
 				}
-				errs = append(errs, fmt.Errorf("%s, run %d: %s %s -> %s: %w", name, r+1, label(m), at.Name, to.Name, err))
-				// Go on with the next method only if the guest survived
-				// the failure on the source.
+				if m == methodDWCP || ctx.Err() != nil {
+					// DWCP failing is the report's failure.
+					errs = append(errs, fmt.Errorf("%s, run %d: %s %s -> %s: %w", name, r+1, label(m), at.Name, to.Name, err))
+				}
+				// A baseline that fails (QEMU's own migration has left
+				// the destination guest dead here, under TCG) is a
+				// result for that row, stated in its cells. The source
+				// VM stopped at the switchover: resume it and go on.
+				if ctx.Err() == nil {
+					if st, serr := vm.Status(ctx); serr == nil && st == "postmigrate" {
+						_, _ = vm.QMP(ctx, "cont", nil)
+					}
+				}
 				if st, serr := vm.Status(ctx); serr != nil || st != "running" || ctx.Err() != nil {
+					errs = append(errs, fmt.Errorf("%s, run %d: the guest did not survive %s and the scenario stopped", name, r+1, label(m)))
 					return c, errors.Join(errs...)
 				}
 				continue
@@ -291,6 +302,17 @@ func runCell(ctx context.Context, env *benchreport.Env, profile string, memMiB i
 		}
 	}
 	return c, errors.Join(errs...)
+}
+
+// failureText is a failed migration in one line, leading with the guest's
+// kernel panic when its serial log shows one (the error carries the log's
+// last lines, which a one-line cut would lose).
+func failureText(err error) string {
+	msg := err.Error()
+	if strings.Contains(msg, "Kernel panic") {
+		return "the destination guest's kernel panicked after the migration (serial log); " + oneLine(msg)
+	}
+	return oneLine(msg)
 }
 
 // methodCaps are the migration capabilities any of the methods turns on.
