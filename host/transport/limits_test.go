@@ -98,7 +98,12 @@ func TestListenerLimits(t *testing.T) {
 		opts := Options{IdleTimeout: 300 * time.Millisecond, PingInterval: 50 * time.Millisecond}
 		e := newEnv(t, ListenConfig{Options: opts}, DialConfig{Streams: 2, Options: opts})
 		cli, srv := e.pair()
-		time.Sleep(time.Second)
+		// Three idle timeouts without traffic: neither side may end.
+		select {
+		case <-cli.Done():
+		case <-srv.Done():
+		case <-time.After(3 * opts.IdleTimeout):
+		}
 		if cli.Err() != nil || srv.Err() != nil || cli.Stats().Epoch != 1 {
 			t.Fatalf("idle session broke: %v / %v, epoch %d", cli.Err(), srv.Err(), cli.Stats().Epoch)
 		}

@@ -96,12 +96,14 @@ func TestResumeUnderCuts(t *testing.T) {
 		if i > 0 {
 			resumeTimes = append(resumeTimes, time.Since(lastCut))
 		}
-		time.Sleep(time.Duration(100+r.IntN(200)) * time.Millisecond)
+		// Let 1-4 MiB more arrive, so that every cut hits a transfer
+		// in full flow at a random point.
+		waitReceived(ctx, t, srv, uint64(1+r.IntN(4))<<20)
 		px.cut()
 		lastCut = time.Now()
 	}
 	t.Logf("cut to resumed: %v", resumeTimes)
-	time.Sleep(200 * time.Millisecond)
+	waitReceived(ctx, t, srv, 2<<20) // traffic flows after the last resume
 	stop.Store(true)
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
@@ -187,7 +189,14 @@ func TestResumeAfterShortOutage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(300 * time.Millisecond)
+	// Keep the link down until the client has noticed and failed to
+	// reconnect at least once.
+	for cli.Stats().ResumeFailures == 0 {
+		if ctx.Err() != nil {
+			t.Fatalf("the outage was never noticed: %+v", cli.Stats())
+		}
+		time.Sleep(time.Millisecond)
+	}
 	px.setDown(false)
 	for i := range 20 {
 		m, err := srv.Recv(ctx)
@@ -203,6 +212,18 @@ func TestResumeAfterShortOutage(t *testing.T) {
 	for cli.Stats().Reconnects == 0 {
 		if ctx.Err() != nil {
 			t.Fatal("no reconnect counted")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// waitReceived waits until s has received n more payload bytes.
+func waitReceived(ctx context.Context, t *testing.T, s *Session, n uint64) {
+	t.Helper()
+	target := s.Stats().BytesReceived + n
+	for s.Stats().BytesReceived < target {
+		if ctx.Err() != nil {
+			t.Fatalf("transfer stalled: %+v", s.Stats())
 		}
 		time.Sleep(time.Millisecond)
 	}
