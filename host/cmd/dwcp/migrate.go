@@ -104,13 +104,11 @@ func (r migrateRequest) validate() error {
 	return nil
 }
 
-// runMigration runs one outgoing migration with the host's agent a and
-// returns its summary. Progress and notable events go to log (unless
-// req.Quiet). Setup steps measured before the call come in steps.
+// runMigration runs one outgoing migration, described by a request its
+// caller has validated, with the host's agent a and returns its summary.
+// Progress and notable events go to log (unless req.Quiet). Setup steps
+// measured before the call come in steps.
 func runMigration(ctx context.Context, a *agent.Agent, req migrateRequest, log io.Writer, steps setupSteps) (migrateSummary, error) {
-	if err := req.validate(); err != nil {
-		return migrateSummary{}, err
-	}
 	if req.Quiet {
 		log = io.Discard
 	}
