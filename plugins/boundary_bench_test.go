@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,12 +53,18 @@ func removeBuilt() {
 	}
 }
 
-// runOps performs n operations split across workers goroutines, each with
-// its own reused dst, and returns the wall time. It is the same procedure
-// for the in-process codec and the plugin so the two are comparable.
-func runOps(b *testing.B, n, workers int, op func(dst []byte) ([]byte, error), dstCap int) time.Duration {
+// runOps performs n operations split across workers goroutines and returns
+// the wall time. Each goroutine makes its own operation with newOp, so
+// that it owns its buffers (reused across its operations); it is the same
+// procedure for the in-process codec and the plugin so the two are
+// comparable.
+func runOps(b *testing.B, n, workers int, newOp func() func() error) time.Duration {
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
+	ops := make([]func() error, workers)
+	for w := range ops {
+		ops[w] = newOp()
+	}
 	start := time.Now()
 	for w := range workers {
 		share := n / workers
@@ -64,10 +72,8 @@ func runOps(b *testing.B, n, workers int, op func(dst []byte) ([]byte, error), d
 			share++
 		}
 		wg.Go(func() {
-			dst := make([]byte, 0, dstCap)
-			var err error
 			for range share {
-				if dst, err = op(dst[:0]); err != nil {
+				if err := ops[w](); err != nil {
 					errs <- err
 					return
 				}
@@ -83,13 +89,45 @@ func runOps(b *testing.B, n, workers int, op func(dst []byte) ([]byte, error), d
 	return elapsed
 }
 
+// appendOp turns an append-style call into an operation that reuses one
+// dst of capacity dstCap.
+func appendOp(call func(dst []byte) ([]byte, error), dstCap int) func() func() error {
+	return func() func() error {
+		dst := make([]byte, 0, dstCap)
+		return func() (err error) {
+			dst, err = call(dst[:0])
+			return err
+		}
+	}
+}
+
 // BenchmarkBoundary runs the same codec in-process and behind the plugin
-// boundary (the built binary, on the shared-memory path and on the gRPC
-// fallback) at the same concurrency, and reports plugin time over
-// in-process time for the same work as "plugin/inproc" (1.00 = no
-// overhead; targets: ≤ 1.05 at 1 MiB, ≤ 1.15 at 64 KiB). ns/op and MB/s
-// are the plugin path's; the in-process baseline runs inside each
-// sub-benchmark with the timer stopped, so both see the same machine load.
+// boundary (the built binary) at the same concurrency (GOMAXPROCS
+// callers), and reports plugin time over in-process time for the same
+// work as "plugin/inproc" (1.00 = no overhead; targets: ≤ 1.05 at 1 MiB,
+// ≤ 1.15 at 64 KiB). ns/op and MB/s are the plugin path's; the in-process
+// baseline runs inside each sub-benchmark with the timer stopped,
+// alternating with the plugin in rounds, so both see the same machine
+// load. The last path element says what is measured:
+//
+//   - shm, grpc: codec.Codec's Encode(dst, src) and Decode(dst, src) with a
+//     reused dst, on the shared-memory data plane (the host copies src into
+//     a slot and the output out of it) or on the gRPC fallback. In-process:
+//     the same call on the linked codec.
+//   - lease: the zero-copy path as the pipeline uses it (codec.Leaser).
+//     Encode: the plugin side leases a Buffer, copies the source block into
+//     its Input (the pipeline's batch builder writing a batch), encodes in
+//     place, copies the output once into a reused frame buffer (the
+//     pipeline building the frame) and releases; the in-process side copies
+//     the source block into a reused private batch buffer, encodes into a
+//     reused dst and copies dst into the frame buffer. Decode: the plugin
+//     side leases, copies the compressed block into Input (the frame's
+//     payload has to get into shared memory), decodes in place, copies
+//     the output once into a reused buffer (the destination's reassembly
+//     buffer) and releases; the in-process side decodes straight from the
+//     compressed block into a reused dst and copies dst once likewise.
+//     Both sides do the same copies except the plugin's copy into the
+//     slot, which the pipeline cannot avoid either.
 func BenchmarkBoundary(b *testing.B) {
 	workers := runtime.GOMAXPROCS(0)
 	codecs := []struct {
@@ -99,6 +137,10 @@ func BenchmarkBoundary(b *testing.B) {
 	}{
 		{"s2", s2codec.New(), s2codec.LevelFast},
 		{"zstd", zstdcodec.New(), zstdcodec.LevelFastest},
+	}
+	type op struct {
+		name        string
+		remote, loc func() func() error
 	}
 	for _, cc := range codecs {
 		bin := builtPlugin(b, cc.name)
@@ -115,6 +157,12 @@ func BenchmarkBoundary(b *testing.B) {
 				_ = inst.Close()
 				b.Fatal(err)
 			}
+			self, pid := os.Getpid(), inst.Pid()
+			leaser, ok := remote.(codec.Leaser)
+			if !ok {
+				_ = inst.Close()
+				b.Fatal("the plugin's codec does not offer codec.Leaser")
+			}
 			for _, n := range codectest.BenchSizes {
 				src := codectest.RealMemory(n)
 				enc, err := cc.local.Encode(nil, src, cc.level)
@@ -122,39 +170,46 @@ func BenchmarkBoundary(b *testing.B) {
 					b.Fatal(err)
 				}
 				bound := cc.local.Capabilities().Bound.Max(n)
-				ops := []struct {
-					name   string
-					run    func(c codec.Codec) func(dst []byte) ([]byte, error)
-					dstCap int
-				}{
-					{"Encode", func(c codec.Codec) func([]byte) ([]byte, error) {
-						return func(dst []byte) ([]byte, error) { return c.Encode(dst, src, cc.level) }
-					}, bound},
-					{"Decode", func(c codec.Codec) func([]byte) ([]byte, error) {
-						return func(dst []byte) ([]byte, error) { return c.Decode(dst, enc, n) }
-					}, n},
+				ops := []op{
+					{path.name + "/Encode",
+						appendOp(func(dst []byte) ([]byte, error) { return remote.Encode(dst, src, cc.level) }, bound),
+						appendOp(func(dst []byte) ([]byte, error) { return cc.local.Encode(dst, src, cc.level) }, bound)},
+					{path.name + "/Decode",
+						appendOp(func(dst []byte) ([]byte, error) { return remote.Decode(dst, enc, n) }, n),
+						appendOp(func(dst []byte) ([]byte, error) { return cc.local.Decode(dst, enc, n) }, n)},
+				}
+				if !path.disable {
+					ops = append(ops,
+						op{"lease/Encode", leaseEncode(leaser, src, cc.level, bound), localEncode(cc.local, src, cc.level, bound)},
+						op{"lease/Decode", leaseDecode(leaser, enc, n), localDecode(cc.local, enc, n)},
+					)
 				}
 				for _, op := range ops {
-					name := fmt.Sprintf("%s/%s/%s/%s", cc.name, op.name, sizeLabel(n), path.name)
+					pathName, opName, _ := strings.Cut(op.name, "/")
+					name := fmt.Sprintf("%s/%s/%s/%s", cc.name, opName, sizeLabel(n), pathName)
 					b.Run(name, func(b *testing.B) {
-						remoteOp, localOp := op.run(remote), op.run(cc.local)
 						// Warm both sides (pools, shared-memory slots).
-						runOps(b, 2*workers, workers, remoteOp, op.dstCap)
-						runOps(b, 2*workers, workers, localOp, op.dstCap)
+						runOps(b, 2*workers, workers, op.remote)
+						runOps(b, 2*workers, workers, op.loc)
 						b.SetBytes(int64(n))
 						b.ReportAllocs()
 						b.ResetTimer()
 						// Alternate the two in rounds so that load from
 						// elsewhere on the machine falls on both alike.
-						var pluginTime, baseTime time.Duration
+						var pluginTime, baseTime, pluginCPU, baseCPU time.Duration
 						for r := range rounds {
 							share := b.N/rounds + btoi(r < b.N%rounds)
+							h0, p0 := cpuTime(b, self), cpuTime(b, pid)
 							b.StartTimer()
-							pluginTime += runOps(b, share, workers, remoteOp, op.dstCap)
+							pluginTime += runOps(b, share, workers, op.remote)
 							b.StopTimer()
-							baseTime += runOps(b, share, workers, localOp, op.dstCap)
+							h1, p1 := cpuTime(b, self), cpuTime(b, pid)
+							baseTime += runOps(b, share, workers, op.loc)
+							pluginCPU += h1 - h0 + p1 - p0
+							baseCPU += cpuTime(b, self) - h1
 						}
 						b.ReportMetric(float64(pluginTime)/float64(baseTime), "plugin/inproc")
+						b.ReportMetric(float64(pluginCPU)/float64(baseCPU), "cpu-plugin/inproc")
 						b.ReportMetric(float64(n)*float64(b.N)/baseTime.Seconds()/1e6, "inproc-MB/s")
 					})
 				}
@@ -164,6 +219,97 @@ func BenchmarkBoundary(b *testing.B) {
 			}
 		}
 	}
+}
+
+// leaseEncode is the plugin side of the lease/Encode rows (see
+// BenchmarkBoundary): fill a leased Buffer, encode in place, copy the
+// output into the frame, release.
+func leaseEncode(l codec.Leaser, src []byte, level, bound int) func() func() error {
+	return func() func() error {
+		frame := make([]byte, 0, bound)
+		return func() error {
+			buf := l.Lease(len(src))
+			defer buf.Release()
+			out, err := buf.Encode(append(buf.Input(), src...), level)
+			frame = append(frame[:0], out...)
+			return err
+		}
+	}
+}
+
+// localEncode is the in-process side of the lease/Encode rows: the same
+// copies through private buffers.
+func localEncode(c codec.Codec, src []byte, level, bound int) func() func() error {
+	return func() func() error {
+		batch := make([]byte, 0, len(src))
+		dst := make([]byte, 0, bound)
+		frame := make([]byte, 0, bound)
+		return func() (err error) {
+			batch = append(batch[:0], src...)
+			dst, err = c.Encode(dst[:0], batch, level)
+			frame = append(frame[:0], dst...)
+			return err
+		}
+	}
+}
+
+// leaseDecode is the plugin side of the lease/Decode rows: copy the
+// compressed block into a leased Buffer, decode in place, copy the output
+// once, release.
+func leaseDecode(l codec.Leaser, enc []byte, n int) func() func() error {
+	return func() func() error {
+		hold := make([]byte, 0, n)
+		return func() error {
+			buf := l.Lease(len(enc))
+			defer buf.Release()
+			out, err := buf.Decode(append(buf.Input(), enc...), n)
+			hold = append(hold[:0], out...)
+			return err
+		}
+	}
+}
+
+// localDecode is the in-process side of the lease/Decode rows: decode
+// from the compressed block into a reused dst, copy it once.
+func localDecode(c codec.Codec, enc []byte, n int) func() func() error {
+	return func() func() error {
+		dst := make([]byte, 0, n)
+		hold := make([]byte, 0, n)
+		return func() (err error) {
+			dst, err = c.Decode(dst[:0], enc, n)
+			hold = append(hold[:0], dst...)
+			return err
+		}
+	}
+}
+
+// cpuTime is the CPU time process pid has used so far: the sum of its
+// threads' on-CPU nanoseconds from /proc/PID/task/*/schedstat (exact, where
+// rusage and /proc/PID/stat count in clock ticks). A thread that exits
+// takes its time with it; Go runtimes rarely end threads.
+func cpuTime(b *testing.B, pid int) time.Duration {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		b.Fatalf("cpu time of %d: %v", pid, err)
+	}
+	var sum time.Duration
+	for _, t := range tasks {
+		raw, err := os.ReadFile(dir + "/" + t.Name() + "/schedstat")
+		if err != nil {
+			continue // the thread ended meanwhile
+		}
+		f := strings.Fields(string(raw))
+		if len(f) == 0 {
+			b.Fatalf("cpu time of %d: schedstat %q", pid, raw)
+		}
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			b.Fatalf("cpu time of %d: schedstat %q: %v", pid, raw, err)
+		}
+		sum += time.Duration(ns)
+	}
+	return sum
 }
 
 // rounds is how many times a sub-benchmark alternates between the plugin

@@ -1,8 +1,9 @@
 // Package codec defines the interface of a DWCP codec plugin: a block
 // compressor with numbered levels, mapped onto DWCP's three link tiers.
 //
-// It owns the contract only (interface, options, capability description);
-// it must not contain an implementation.
+// It owns the contract only (interface, options, capability description,
+// and the optional Leaser capability for zero-copy calls); it must not
+// contain an implementation.
 package codec
 
 import "fmt"
@@ -22,6 +23,49 @@ type Codec interface {
 	// Decode appends the decoding of src to dst. If the decoded block would
 	// exceed maxSize bytes it stops and returns sdk.ErrTooLarge.
 	Decode(dst, src []byte, maxSize int) ([]byte, error)
+}
+
+// Leaser is an optional capability of a Codec whose work runs outside the
+// caller's memory, such as a plugin behind the shared-memory data plane.
+// Instead of handing Encode or Decode its own buffers, which the codec
+// must then copy in and its output copy back, the caller leases a Buffer,
+// builds the input directly in it, and reads the output where the codec
+// wrote it. Codecs that run in the caller's process have nothing to save
+// and do not implement it.
+//
+// Lease never fails: when the fast path is unavailable (no free slot, a
+// block larger than a slot, no shared memory on this platform, the
+// plugin on its gRPC fallback) the Buffer is private memory and its
+// Encode and Decode take the copying path, with the same results.
+type Leaser interface {
+	Codec
+	// Lease returns a Buffer whose Input has room for at least size
+	// bytes when the fast path can take that much.
+	Lease(size int) Buffer
+}
+
+// Buffer is memory leased from a Leaser codec for one block at a time.
+// It is not safe for concurrent use. Release must be called exactly once;
+// afterwards every method fails (Input returns nil, Encode and Decode an
+// error wrapping sdk.ErrInvalidArgument) and no slice it handed out may be
+// touched again.
+type Buffer interface {
+	// Input returns the buffer to build the block in: length 0, capacity
+	// at least the size passed to Lease when the fast path took it.
+	// Append to it and pass the result to Encode or Decode.
+	Input() []byte
+	// Encode encodes src at level, like Codec.Encode. src is normally
+	// what was appended to Input(): then the codec reads it in place. Any
+	// other slice works too (it is copied in, as with Codec.Encode). The
+	// result is valid until the next Encode, Decode or Release; it may be
+	// in memory the codec's process shares, so the caller must not write
+	// to it and must treat it as untrusted codec output.
+	Encode(src []byte, level int) ([]byte, error)
+	// Decode decodes src, at most maxSize bytes, like Codec.Decode, with
+	// the same rules for src and the result as Encode.
+	Decode(src []byte, maxSize int) ([]byte, error)
+	// Release gives the buffer back to the codec.
+	Release()
 }
 
 // Tier is the distance class of a link, which selects a default level.

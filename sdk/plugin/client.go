@@ -36,6 +36,11 @@ func (i *Instance) bulkCall(op string, dpOp uint32, arg int64, in, dst []byte, m
 			return dst, i.annotate(op, err)
 		}
 	}
+	return i.streamCall(op, dpOp, arg, in, dst, maxOut, open)
+}
+
+// streamCall moves one block through the gRPC fallback stream.
+func (i *Instance) streamCall(op string, dpOp uint32, arg int64, in, dst []byte, maxOut int, open bidiOpener) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), i.callTimeout)
 	defer cancel()
 	stream, err := open(ctx)
@@ -74,13 +79,18 @@ type remoteCodec struct {
 func (c *remoteCodec) Capabilities() codec.Capabilities { return c.caps }
 
 func (c *remoteCodec) Encode(dst, src []byte, level int) ([]byte, error) {
-	maxOut := c.caps.Bound.Max(len(src))
-	if maxOut < len(src)+len(src)/8+1024 {
+	return c.inst.bulkCall("encode", opEncode, int64(level), src, dst, c.encodeMaxOut(len(src)), c.client.Encode)
+}
+
+// encodeMaxOut is the output room an encode of n bytes gets.
+func (c *remoteCodec) encodeMaxOut(n int) int {
+	maxOut := c.caps.Bound.Max(n)
+	if maxOut < n+n/8+1024 {
 		// A plugin that understates its bound still gets room to fail
 		// cleanly with ErrTooLarge rather than a truncated block.
-		maxOut = len(src) + len(src)/8 + 1024
+		maxOut = n + n/8 + 1024
 	}
-	return c.inst.bulkCall("encode", opEncode, int64(level), src, dst, maxOut, c.client.Encode)
+	return maxOut
 }
 
 func (c *remoteCodec) Decode(dst, src []byte, maxSize int) ([]byte, error) {

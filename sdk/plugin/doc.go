@@ -9,7 +9,10 @@
 // SHA-256), negotiates the protocol version, attaches the shared-memory data
 // plane for codecs and accelerators, and returns an Instance whose Codec,
 // Accelerator or Hypervisor methods give back the same Go interfaces the
-// plugin implemented. Errors a plugin returns keep their sdk sentinel
+// plugin implemented; a codec also offers codec.Leaser, whose Buffers are
+// shared-memory slots the caller builds blocks in and reads results from
+// in place (private memory and the copying path when no slot fits). Errors
+// a plugin returns keep their sdk sentinel
 // (errors.Is works); a plugin that dies mid-call yields sdk.ErrPluginCrashed
 // with its last stderr lines.
 //

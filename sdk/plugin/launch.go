@@ -74,6 +74,7 @@ type Instance struct {
 	tail        *stderrTail
 	callTimeout time.Duration
 	fp          Fingerprint
+	buffers     bufferPool // private memory of codec Buffers without a slot
 }
 
 // DescribeBinary runs the first, cheap fingerprint stage: `PATH describe`,
@@ -242,9 +243,14 @@ func Launch(ctx context.Context, cfg LaunchConfig) (*Instance, error) {
 		// Slots take a whole pipeline batch (up to 2 MiB of stream plus
 		// page records): a batch that does not fit goes the slow gRPC way
 		// (measured: the datacenter pipeline on a real stream ran 4x
-		// slower with 1 MiB slots). Eight slots cover the pipeline's
-		// workers on both directions with room to spare.
-		dp, err := shm.NewClient(ctx, hostEnd, shm.ClientOptions{Slots: 8, SlotInput: 4 << 20})
+		// slower with 1 MiB slots). Half the slots can be leased
+		// (codec.Leaser): the pipeline holds a leased Buffer from the
+		// batch being built until its frame is made, and on the
+		// destination from decode until reassembly, so a session keeps
+		// several out at once per direction; the other half stay for
+		// plain calls. Only touched pages of the memfd take memory, and
+		// slots are reused most recently freed first.
+		dp, err := shm.NewClient(ctx, hostEnd, shm.ClientOptions{Slots: 16, SlotInput: 4 << 20, Leases: 8})
 		if err != nil {
 			logger.Warn("shared-memory data plane unavailable; using gRPC fallback", "plugin", inst.desc.Name, "error", err)
 			closeHostEnd()

@@ -24,9 +24,23 @@ type Client struct {
 
 	// memMu keeps the mapping alive while anything reads or writes it:
 	// Calls and reapers hold it shared for their whole life, Close takes it
-	// exclusively to unmap.
+	// exclusively, sets mem to nil and unmaps (or leaves that to the last
+	// lease, see leaseMu).
 	memMu sync.RWMutex
 	mem   []byte
+	// arena is the whole mapping, never changed after NewClient. Leases
+	// hand out slices of it: they stay valid after Close until the last
+	// lease is released, because the unmap waits for that.
+	arena []byte
+
+	// leaseMu guards the lease count and the unmap that Close left to the
+	// last Release. A lease holds no lock while its holder fills its
+	// input, so Close cannot wait for it: it moves the mapping to orphan
+	// instead, and the Release that brings leases to 0 unmaps it.
+	leaseMu   sync.Mutex
+	leases    int
+	maxLeases int
+	orphan    []byte
 
 	doorbell *uint32 // header words, see wire.go
 	sleepers *uint32
@@ -52,6 +66,17 @@ type clientSlot struct {
 	doneSq *uint32 // completion sequence (plugin stores it to complete)
 	wake   *uint32 // the host sleeps on it
 	parked *uint32 // 1 while the host may sleep on wake
+
+	// Lease bookkeeping (host-private, like seq). gen changes at every
+	// TryLease and Release of the slot, so a Lease handle is live only
+	// while it holds the current gen: a stale handle is refused, never
+	// mistaken for the slot's next holder. refs counts who still needs
+	// the slot (the lease holder, and a request it abandoned until the
+	// plugin completes it); the slot is freed when it drops to 0.
+	// abandoned is set while such a request is in flight.
+	gen       atomic.Uint32
+	refs      atomic.Int32
+	abandoned atomic.Bool
 }
 
 // freeList hands out free slots most recently used first, so that a lightly
@@ -124,14 +149,16 @@ func NewClient(ctx context.Context, conn *os.File, opts ClientOptions) (*Client,
 		return nil, fmt.Errorf("shm client: %w", err)
 	}
 	c := &Client{
-		conn:     uc,
-		g:        g,
-		mem:      mem,
-		doorbell: word(mem, hdrDoorbell),
-		sleepers: word(mem, hdrSleepers),
-		slots:    make([]clientSlot, g.slots),
-		free:     freeList{stack: make([]uint32, 0, g.slots), tokens: make(chan struct{}, g.slots)},
-		dead:     make(chan struct{}),
+		conn:      uc,
+		g:         g,
+		mem:       mem,
+		arena:     mem,
+		maxLeases: maxLeases(opts.Leases, g.slots),
+		doorbell:  word(mem, hdrDoorbell),
+		sleepers:  word(mem, hdrSleepers),
+		slots:     make([]clientSlot, g.slots),
+		free:      freeList{stack: make([]uint32, 0, g.slots), tokens: make(chan struct{}, g.slots)},
+		dead:      make(chan struct{}),
 	}
 	// Push in reverse so that slot 0 is handed out first.
 	for i := range g.slots {
@@ -439,8 +466,16 @@ func (c *Client) Close() error {
 	c.memMu.Lock()
 	var err error
 	if c.mem != nil {
-		err = unix.Munmap(c.mem)
 		c.mem = nil
+		c.leaseMu.Lock()
+		if c.leases == 0 {
+			err = unix.Munmap(c.arena)
+		} else {
+			// Holders may still be writing into their inputs: the last
+			// Release unmaps.
+			c.orphan = c.arena
+		}
+		c.leaseMu.Unlock()
 	}
 	c.memMu.Unlock()
 	// Reapers are started only with the mapping held, so all of them were

@@ -15,8 +15,12 @@
 // and a malformed message or record tears the channel down instead of
 // panicking.
 //
-// The host side is Client (NewClient, Call); the plugin side is Serve. Pair
-// makes the socketpair the host hands to the plugin at start. Only Linux has
+// The host side is Client (NewClient, Call, and TryLease for a slot held
+// across calls, whose input the caller fills and whose output it reads in
+// place, so the host copies nothing); the plugin side is Serve. Leases are
+// host-side bookkeeping over the same records: the plugin cannot tell a
+// leased slot from any other, and the protocol is unchanged. Pair makes
+// the socketpair the host hands to the plugin at start. Only Linux has
 // memfd and sealing; elsewhere NewClient and Serve return ErrUnsupported and
 // callers use the chunked gRPC fallback.
 package shm
@@ -41,6 +45,9 @@ var (
 	// size, type, id, offset or length). It is always reported together with
 	// ErrClosed because the channel is torn down.
 	ErrProtocol = errors.New("protocol violation")
+	// ErrLeaseReleased: a Lease was used after its Release (or is the zero
+	// Lease). The handle is stale; the slot may belong to someone else.
+	ErrLeaseReleased = errors.New("shm: lease used after release")
 )
 
 // Codes at or above CodeReserved are reserved for the shm layer itself; a
@@ -85,6 +92,19 @@ type ClientOptions struct {
 	// SlotOutput is the largest output one request can ask for (default
 	// SlotInput + SlotInput/8, room for a codec's worst-case expansion).
 	SlotOutput int
+	// Leases bounds how many slots TryLease hands out at once (default
+	// Slots/2, at most Slots-1). The rest stay for Call, so that a caller
+	// whose leases wait on a Call's result (a pipeline that holds leased
+	// batches in order) can never take every slot and deadlock itself.
+	Leases int
+}
+
+// maxLeases applies the Leases default and cap for a channel of slots.
+func maxLeases(leases int, slots uint32) int {
+	if leases <= 0 {
+		leases = int(slots / 2)
+	}
+	return min(leases, int(slots)-1)
 }
 
 const (

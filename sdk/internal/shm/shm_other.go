@@ -30,12 +30,12 @@ func (c *Client) Call(ctx context.Context, op uint32, arg int64, in, dst []byte,
 	return dst, ErrUnsupported
 }
 
-// Close does nothing.
 // CallTimeout never runs: NewClient never returns a Client here.
 func (c *Client) CallTimeout(ctx context.Context, timeout time.Duration, op uint32, arg int64, in, dst []byte, maxOut int) ([]byte, error) {
 	return dst, ErrUnsupported
 }
 
+// Close does nothing.
 func (c *Client) Close() error { return nil }
 
 // Done returns a closed channel: there is never a live channel here.
@@ -56,3 +56,25 @@ func Serve(ctx context.Context, conn *os.File, h Handler, workers int) error {
 	}
 	return ErrUnsupported
 }
+
+// Lease is a slot held between TryLease and Release. None exist here.
+type Lease struct{}
+
+// TryLease never succeeds on this platform.
+func (c *Client) TryLease() (Lease, bool) { return Lease{}, false }
+
+// Input returns nil.
+func (l Lease) Input() []byte { return nil }
+
+// Call returns ErrLeaseReleased: no Lease is ever live here.
+func (l Lease) Call(ctx context.Context, op uint32, arg int64, inLen, maxOut int) ([]byte, error) {
+	return nil, ErrLeaseReleased
+}
+
+// CallTimeout returns ErrLeaseReleased.
+func (l Lease) CallTimeout(ctx context.Context, timeout time.Duration, op uint32, arg int64, inLen, maxOut int) ([]byte, error) {
+	return nil, ErrLeaseReleased
+}
+
+// Release does nothing.
+func (l Lease) Release() {}
