@@ -73,6 +73,13 @@ type LinkSample struct {
 	CountersOK   bool
 }
 
+// StreamResizer changes the number of data connections of a live
+// session; *transport.Session is one. SetStreams must not block: the
+// transport applies the change in the background, between frames.
+type StreamResizer interface {
+	SetStreams(n int) error
+}
+
 // LinkSampler gives the controller the transport's own view of the path;
 // TransportSampler adapts a transport session. Sample must not block.
 type LinkSampler interface {
@@ -94,6 +101,10 @@ type ControllerConfig struct {
 	// Streams is the number of data connections the session has (default
 	// Settings.Streams); stream recommendations are made against it.
 	Streams int
+	// Resizer, when set, applies the stream decisions to the session: the
+	// plan's count at once (when Streams differs), then every change the
+	// path calls for. Without it they are recommendations in the log.
+	Resizer StreamResizer
 	// Sampler, when set, adds the transport's RTT, delivery rate and TCP
 	// counters to the passive estimate.
 	Sampler LinkSampler
@@ -149,7 +160,7 @@ type Decision struct {
 	From, To string
 	Choice   pipeline.Choice // the choice in force after it
 	Mode     Mode            // the mode in force after it
-	Streams  int             // recommended streams (streams decisions)
+	Streams  int             // streams decisions: the count asked for
 	Reason   string
 	Window   Window
 }
@@ -160,11 +171,14 @@ func (d Decision) String() string {
 
 // Status is a live view of the controller for progress output.
 type Status struct {
-	Mode       Mode
-	Step       string
-	Choice     pipeline.Choice
-	Path       Path // the passive estimate
-	Streams    int  // recommended data connections
+	Mode   Mode
+	Step   string
+	Choice pipeline.Choice
+	Path   Path // the passive estimate
+	// Streams is the number of data connections the path calls for: in
+	// use when a Resizer applies it (Applied), else recommended.
+	Streams    int
+	Applied    bool
 	Batches    uint64
 	Decisions  int
 	Dropped    int // decisions dropped from the bounded log
@@ -212,6 +226,21 @@ type Controller struct {
 	decoded, wire          int64
 	encode, sendWait       time.Duration
 	decodedEnc, encodedDur int64 // batches that spent encode time: stream bytes, ns
+	// blockStart is when the sender first blocked in this window (zero:
+	// it has not); blockWire the wire bytes handed to the transport since,
+	// blockWait the time it spent blocked since. While it stays blocked
+	// the transport's window is full, so what it takes from then on is
+	// what the link drains: the link's rate, even in a window that began
+	// before the link slowed down.
+	blockStart time.Time
+	blockWire  int64
+	blockWait  time.Duration
+	// steady is the bottleneck of the last window if it ended without a
+	// move (so this one runs on the same step); "" otherwise. recent are
+	// this window's latest batches, newest last, to see a change of the
+	// path without waiting for the window's older part to be outweighed.
+	steady string
+	recent []recentBatch
 
 	obs                    []stepObs
 	speedScale, ratioScale float64
@@ -226,6 +255,7 @@ type Controller struct {
 	// unsaturated window carried more (the capacity is then unknown, and
 	// only known to be above floor, the last window's wire rate).
 	ceiling, floor           float64
+	lowRuns                  int // saturated windows in a row under half the ceiling
 	linkAtBackoff            float64
 	backoffUntil, backoffFor []time.Duration
 	epoch                    time.Time // origin of backoffUntil
@@ -307,6 +337,7 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 		ceiling:      cfg.Path.Bandwidth,
 		window:       float64(cmp.Or(s.WindowBytes, 16<<20)),
 		ceilingRTT:   cfg.Path.RTT,
+		recent:       make([]recentBatch, 0, min(2*cfg.DwellBatches, maxRecent)),
 		backoffUntil: make([]time.Duration, len(s.Ladder)),
 		backoffFor:   make([]time.Duration, len(s.Ladder)),
 		epoch:        cfg.Now(),
@@ -319,6 +350,11 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	if cfg.Sampler != nil {
 		ls := cfg.Sampler.Sample()
 		c.counters0, c.countersOK = ls.Counters, ls.CountersOK
+	}
+	if cfg.Resizer != nil && s.Streams > 0 && s.Streams != c.streams {
+		// The session was opened before the path was measured; the plan
+		// knows better now.
+		c.setStreams(c.epoch, s.Streams, fmt.Sprintf("planned for path %v", cfg.Path), Window{})
 	}
 	return c, nil
 }
@@ -350,14 +386,121 @@ func (c *Controller) Observe(r pipeline.BatchResult) {
 		c.decodedEnc += int64(r.Decoded)
 		c.encodedDur += int64(r.Encode)
 	}
-	if c.n < c.cfg.DwellBatches || now.Sub(c.start) < c.cfg.Dwell {
+	c.noteBlocked(now, r)
+	if len(c.recent) == cap(c.recent) {
+		copy(c.recent, c.recent[1:])
+		c.recent = c.recent[:len(c.recent)-1]
+	}
+	c.recent = append(c.recent, recentBatch{at: now, r: r})
+	if c.n >= c.cfg.DwellBatches && now.Sub(c.start) >= c.cfg.Dwell {
+		c.evaluate(now)
 		return
 	}
-	c.evaluate(now)
+	if c.steady != "" && c.restartOnChange(now) {
+		c.evaluate(now)
+	}
+}
+
+// maxRecent bounds the batches a window keeps for restartOnChange (a
+// dwell of more batches than half of it never restarts early).
+const maxRecent = 64
+
+// recentBatch is one observed batch and when it was observed.
+type recentBatch struct {
+	at time.Time
+	r  pipeline.BatchResult
+}
+
+// blockedWait is the time in Send that counts as blocked on the
+// transport's window (copying a batch into it takes well under this);
+// heldBlocked the fraction of the time since the first such wait that the
+// sender must have stayed blocked for the link to be measured from it.
+const (
+	blockedWait = time.Millisecond
+	heldBlocked = 0.8
+)
+
+// Early windows: a window on the same step as the last one may be
+// restarted from its latest batches, over half the dwell time, when they
+// show beyond doubt that the encoders became the bottleneck where the link
+// was not: the path got faster under a steady setting, and every batch
+// spent on the old, heavier step costs time the encoders do not have. A
+// window right after a move always runs its full dwell, so a move cannot
+// be undone early. The other way (the link became the bottleneck) is not
+// hurried: the sender only blocks once the transport's window is full, and
+// on a loaded machine a short run of blocked sends is as often a stall of
+// the receiver or of TLS as a slower link (a 4 Gbit/s lab link read as
+// 260-670 Mbit/s in 64 ms windows).
+const (
+	clearCPU  = 0.9  // encoders at least this busy ...
+	clearIdle = 0.05 // ... with the sender blocked at most this
+)
+
+// restartOnChange looks at the latest batches of a window on a steady
+// step that was not cpu-bound: at least half the dwell's batches, over at
+// least half its time. If the encoders were the bottleneck in all of them,
+// the window is restarted from them (the older part measured the old path)
+// and evaluated at once.
+func (c *Controller) restartOnChange(now time.Time) bool {
+	if c.steady == "cpu" {
+		return false
+	}
+	// recent holds this window's batches only (resetSums empties it); the
+	// suffix is recent[k:], and it starts when recent[k-1] was observed.
+	need := max(c.cfg.DwellBatches/2, 1)
+	k := len(c.recent) - need
+	for ; k >= 1; k-- {
+		if now.Sub(c.recent[k-1].at) >= c.cfg.Dwell/2 {
+			break
+		}
+	}
+	if k < 1 {
+		return false
+	}
+	from := c.recent[k-1].at
+	sec := now.Sub(from).Seconds()
+	var send, enc time.Duration
+	for _, b := range c.recent[k:] {
+		send += b.r.SendWait
+		enc += b.r.Encode
+	}
+	if send.Seconds()/sec > clearIdle || enc.Seconds()/(c.workers*sec) < clearCPU {
+		return false
+	}
+	suffix := c.recent[k:] // stays valid: resetSums only shortens recent
+	c.start = from
+	c.resetSums()
+	for _, b := range suffix {
+		r := b.r
+		c.n++
+		c.decoded += int64(r.Decoded)
+		c.wire += int64(r.Wire)
+		c.encode += r.Encode
+		c.sendWait += r.SendWait
+		if r.Encode > 0 {
+			c.decodedEnc += int64(r.Decoded)
+			c.encodedDur += int64(r.Encode)
+		}
+		c.noteBlocked(b.at, r)
+	}
+	return true
+}
+
+// noteBlocked follows the sender's blocking through the window.
+func (c *Controller) noteBlocked(at time.Time, r pipeline.BatchResult) {
+	if c.blockStart.IsZero() && r.SendWait >= blockedWait {
+		c.blockStart = at.Add(-r.SendWait)
+	}
+	if !c.blockStart.IsZero() {
+		c.blockWire += int64(r.Wire)
+		c.blockWait += r.SendWait
+	}
 }
 
 func (c *Controller) resetSums() {
 	c.n, c.decoded, c.wire, c.encode, c.sendWait, c.decodedEnc, c.encodedDur = 0, 0, 0, 0, 0, 0, 0
+	c.blockStart, c.blockWire, c.blockWait = time.Time{}, 0, 0
+	c.recent = c.recent[:0]
 }
 
 // ewma blends a sample into an average (alpha: the sample's weight).
@@ -415,9 +558,39 @@ func (c *Controller) evaluate(now time.Time) {
 	saturated := w.SendBusy >= sendHigh
 	c.floor = w.WireRate
 	if saturated {
-		c.ceiling = ewma(c.ceiling, w.WireRate, 0.5)
+		link := w.WireRate
+		// A window that ran unblocked for a while before the sender
+		// blocked and then stayed blocked straddles a slowdown of the
+		// link: what the transport took from the first wait on is the
+		// new link's rate, which the window's own rate overstates. (After
+		// a stall of the receiver the sender catches up without waiting;
+		// on a loaded machine stalls of 50-100 ms are common.)
+		bl := now.Sub(c.blockStart)
+		if !c.blockStart.IsZero() && c.blockStart.Sub(c.start) >= iv/4 && bl >= iv/4 &&
+			c.blockWait.Seconds() >= heldBlocked*bl.Seconds() {
+			link = math.Min(link, float64(c.blockWire)/bl.Seconds())
+		}
+		switch {
+		case c.ceiling > 0 && link > 2*c.ceiling:
+			// A saturated link at more than twice what was known: another
+			// link. The average would take several windows to get there.
+			c.ceiling, c.lowRuns = link, 0
+		case c.ceiling > 0 && link < c.ceiling/2:
+			// Under half: another link too, or TCP still ramping up (a
+			// new session, a longer path) or a stall. The second such
+			// window in a row settles it.
+			c.lowRuns++
+			if c.lowRuns >= 2 {
+				c.ceiling, c.lowRuns = link, 0
+			} else {
+				c.ceiling = ewma(c.ceiling, link, 0.5)
+			}
+		default:
+			c.ceiling, c.lowRuns = ewma(c.ceiling, link, 0.5), 0
+		}
 		c.excess = 0
 	} else {
+		c.lowRuns = 0
 		delivered := math.Min(ls.DeliveryRate, maxBandwidth)
 		c.floor = math.Max(c.floor, delivered)
 		if c.ceiling > 0 {
@@ -425,16 +598,23 @@ func (c *Controller) evaluate(now time.Time) {
 			// the transport's window is filling (after a move to a
 			// lighter step it takes up to WindowBytes before the sender
 			// blocks). Only what the peer acknowledged, or an excess the
-			// window cannot hold, proves the former.
+			// window cannot hold, proves the former. So does a window
+			// that follows a saturated one on the same step without ever
+			// blocking: the transport's window was full when it began and
+			// had no room to take the excess.
 			c.excess = math.Max(c.excess+float64(c.wire)-c.ceiling*sec, 0)
-			if delivered > c.ceiling*1.1 || c.floor > c.ceiling*1.1 && c.excess > c.window {
+			wasFull := c.steady == "link" && w.SendBusy <= sendLow
+			if delivered > c.ceiling*1.1 || c.floor > c.ceiling*1.1 && (c.excess > c.window || wasFull) {
 				c.ceiling, c.excess = 0, 0
 			}
 		}
 	}
 	w.Link = c.linkEstimate()
-	if c.linkAtBackoff > 0 && math.Abs(w.Link-c.linkAtBackoff) > linkChange*c.linkAtBackoff {
-		// The path changed: earlier failures say nothing about it now.
+	if c.linkAtBackoff > 0 && w.Link > 0 && w.Link < (1-linkChange)*c.linkAtBackoff {
+		// The link got slower: a step that was too slow for the old one
+		// may keep up with this one. (On a faster link it would fall
+		// further behind; on a path that alternates, clearing on every
+		// change made the controller retry it in every thin phase.)
 		clear(c.backoffUntil)
 		c.linkAtBackoff = 0
 	}
@@ -583,11 +763,15 @@ func (c *Controller) evaluate(now time.Time) {
 		}
 	}
 	c.recommend(now, w)
-	if next == cur {
-		// A new window starts here; after a change it starts with the
-		// first batch of the new choice.
+	if c.cur == cur {
+		// A new window starts here; after a change (a level decision or
+		// a mode's bounds) it starts with the first batch of the new
+		// choice.
 		c.start = now
 		c.resetSums()
+		c.steady = w.Bottleneck
+	} else {
+		c.steady = ""
 	}
 }
 
@@ -777,11 +961,11 @@ func (c *Controller) updatePath(now time.Time, ls LinkSample) (time.Duration, bo
 	return r, queued
 }
 
-// recommend updates the stream-count recommendation. The transport may
-// not be able to change its connections mid-session, so this is only
-// recorded and logged. Like the mode, it has hysteresis: a new count must
-// differ from the current recommendation by at least two connections and
-// a quarter, for the classifier's hold time.
+// recommend updates the stream count the path calls for, and applies it
+// with a Resizer. Like the mode, it has hysteresis: a new count must
+// differ from the current one by at least two connections and a quarter,
+// for the classifier's hold time. Connections are cheap to add but each
+// new one starts in TCP's slow start, so small changes are not worth it.
 func (c *Controller) recommend(now time.Time, w Window) {
 	lim, maxStreams := c.cfg.Settings.Limits, c.cfg.Settings.MaxStreams
 	if lim == (SocketLimits{}) {
@@ -801,11 +985,27 @@ func (c *Controller) recommend(now time.Time, w Window) {
 	if now.Sub(c.recSince) < c.class.t.Hold {
 		return
 	}
+	c.recSince = time.Time{}
+	c.setStreams(now, rec, fmt.Sprintf("path %v calls for %d", c.path, rec), w)
+}
+
+// setStreams records a streams decision and, with a Resizer, applies it.
+func (c *Controller) setStreams(now time.Time, n int, why string, w Window) {
 	old := c.recStreams
-	c.recStreams, c.recSince = rec, time.Time{}
-	c.record(Decision{At: now, Batch: c.batches, Kind: KindStreams, From: fmt.Sprint(old), To: fmt.Sprint(rec),
-		Choice: c.ladder[c.cur].Choice, Mode: c.mode, Streams: rec,
-		Reason: fmt.Sprintf("session has %d data connections; path %v suggests %d", c.streams, c.path, rec), Window: w})
+	c.recStreams = n
+	reason := fmt.Sprintf("session has %d data connections; %s", c.streams, why)
+	switch {
+	case c.cfg.Resizer == nil:
+		reason += " (a recommendation: nothing applies it)"
+	default:
+		if err := c.cfg.Resizer.SetStreams(n); err != nil {
+			reason += fmt.Sprintf("; not applied: %v", err)
+		} else {
+			c.streams = n
+		}
+	}
+	c.record(Decision{At: now, Batch: c.batches, Kind: KindStreams, From: fmt.Sprint(old), To: fmt.Sprint(n),
+		Choice: c.ladder[c.cur].Choice, Mode: c.mode, Streams: n, Reason: reason, Window: w})
 }
 
 func abs(x int) int {
@@ -851,8 +1051,8 @@ func (c *Controller) Status() Status {
 	defer c.mu.Unlock()
 	return Status{
 		Mode: c.mode, Step: c.ladder[c.cur].Name, Choice: c.ladder[c.cur].Choice, Path: c.path,
-		Streams: c.recStreams, Batches: c.batches, Decisions: len(c.log) + c.dropped, Dropped: c.dropped,
-		LastWindow: c.last,
+		Streams: c.recStreams, Applied: c.cfg.Resizer != nil && c.streams == c.recStreams,
+		Batches: c.batches, Decisions: len(c.log) + c.dropped, Dropped: c.dropped, LastWindow: c.last,
 	}
 }
 
@@ -868,7 +1068,11 @@ func (c *Controller) Path() Path {
 func (c *Controller) Summary() string {
 	st := c.Status()
 	var b strings.Builder
-	fmt.Fprintf(&b, "mode %v, final level %s, %d batches, path %v\n", st.Mode, st.Step, st.Batches, st.Path)
+	streams := fmt.Sprintf("%d streams recommended", st.Streams)
+	if st.Applied {
+		streams = fmt.Sprintf("%d streams", st.Streams)
+	}
+	fmt.Fprintf(&b, "mode %v, final level %s, %s, %d batches, path %v\n", st.Mode, st.Step, streams, st.Batches, st.Path)
 	if st.Dropped > 0 {
 		fmt.Fprintf(&b, "(%d older decisions dropped)\n", st.Dropped)
 	}

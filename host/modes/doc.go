@@ -13,8 +13,11 @@
 // controller's decision log. docs/modes.md describes all of it with the
 // measured numbers behind the thresholds.
 //
-// It must not move stream bytes, open connections or change a session's
-// transport: it measures over a connection it is handed, and it recommends
-// (settings, stream counts) what the caller applies. Nothing it reads from a
-// peer or a file is trusted before it has been checked.
+// It must not move stream bytes, open connections or reach into a
+// session's transport: it measures over a connection it is handed and
+// recommends the settings the caller applies. The one thing it changes
+// itself is the number of data connections, and only through the
+// StreamResizer the caller hands the controller (the transport applies it).
+// Nothing it reads from a peer or a file is trusted before it has been
+// checked.
 package modes

@@ -15,7 +15,7 @@ import (
 // after it left. It produces the BatchResults the real pipeline would, at
 // the simulated times, and calls Choose and Observe in the same order.
 type sim struct {
-	ctl     *Controller
+	ctl     pipeline.Policy
 	now     time.Time // the controller's clock
 	start   time.Time
 	workers int
@@ -35,6 +35,8 @@ type sim struct {
 	rng   *rand.Rand
 
 	i          int
+	clock      *time.Time // the controller's clock, while run runs
+	acks       []simFrame // every frame, for the delivery rate
 	workerFree []time.Time
 	emitted    []time.Time // emission time per batch
 	accepted   []time.Time // Send returned, per batch
@@ -72,7 +74,7 @@ func truthFrom(l Ladder, speedScale, ratioScale float64) map[pipeline.Choice]sim
 	return m
 }
 
-func newSim(ctl *Controller, clock *time.Time, workers int, link func(time.Duration) float64, truth map[pipeline.Choice]simCodec) *sim {
+func newSim(ctl pipeline.Policy, clock *time.Time, workers int, link func(time.Duration) float64, truth map[pipeline.Choice]simCodec) *sim {
 	return &sim{
 		ctl: ctl, now: *clock, start: *clock, workers: workers, batch: 1 << 20, slots: 2*workers + 2,
 		window: 16 << 20, rtt: 20 * time.Millisecond, link: link, truth: truth,
@@ -165,16 +167,43 @@ func (s *sim) step(clock *time.Time) {
 	fin := later(accept, s.linkFree).Add(time.Duration(float64(wire) / rate * 1e9))
 	s.linkFree = fin
 	s.unacked = append(s.unacked, simFrame{bytes: wire, ack: fin.Add(s.rtt)})
+	s.acks = append(s.acks, simFrame{bytes: wire, ack: fin.Add(s.rtt)})
 	s.pending = append(s.pending, simEvent{at: accept, r: pipeline.BatchResult{
 		Choice: ch, Decoded: s.batch, Wire: wire, Encode: enc, SendWait: accept.Sub(sendStart),
 	}})
 }
 
+// finished is when the last frame so far has crossed the link.
+func (s *sim) finished() time.Duration { return s.linkFree.Sub(s.start) }
+
 // run simulates n more batches.
 func (s *sim) run(n int, clock *time.Time) {
+	s.clock = clock
 	for range n {
 		s.step(clock)
 	}
+}
+
+// Sample is the transport's view as a LinkSampler: the delivery rate, the
+// bytes acknowledged over the last 250 ms (the transport smooths samples
+// of at least 100 ms).
+func (s *sim) Sample() LinkSample {
+	if s.clock == nil {
+		return LinkSample{}
+	}
+	now := *s.clock
+	var b int
+	for i := len(s.acks) - 1; i >= 0; i-- {
+		a := s.acks[i].ack
+		if a.After(now) {
+			continue
+		}
+		if now.Sub(a) > 250*time.Millisecond {
+			break
+		}
+		b += s.acks[i].bytes
+	}
+	return LinkSample{RTT: s.rtt, DeliveryRate: float64(b) / 0.25}
 }
 
 // elapsed is the simulated time of batch i's choice.

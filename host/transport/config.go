@@ -84,7 +84,8 @@ type DialConfig struct {
 	// client config). TLS 1.3 is enforced whatever MinVersion says.
 	TLS *tls.Config
 	// Streams is the number of data connections (default 4, at most 64);
-	// one control connection comes on top.
+	// one control connection comes on top. Session.SetStreams changes it
+	// while the session runs.
 	Streams int
 	// Dial opens TCP connections; nil means a net.Dialer.
 	Dial DialFunc
@@ -111,8 +112,9 @@ type ListenConfig struct {
 	MaxHandshakes int
 	// MaxSessionsPerPeer bounds live sessions per peer identity (default 8).
 	MaxSessionsPerPeer int
-	// MaxStreams bounds the data connections a dialer may ask for
-	// (default 16).
+	// MaxStreams bounds the data connections of a session, when the
+	// dialer opens it and as it grows (default 16): a data connection
+	// numbered above it is refused.
 	MaxStreams int
 	// AcceptBacklog bounds sessions opened but not yet returned by Accept
 	// (default 8).

@@ -8,8 +8,12 @@ import (
 )
 
 // errStop ends a reader quietly: the frame it read already ended the
-// session (a GOAWAY).
-var errStop = errors.New("stop")
+// session (a GOAWAY). errRetired ends it because the peer retired the
+// connection: nothing more comes on it.
+var (
+	errStop    = errors.New("stop")
+	errRetired = errors.New("retired")
+)
 
 // readLoop reads frames from c until the epoch ends. A protocol violation
 // ends the session (and tells the peer); any other error only ends the
@@ -38,6 +42,11 @@ func (s *Session) readLoop(ep *epoch, c *wconn) {
 	}
 	switch {
 	case errors.Is(err, errStop):
+	case errors.Is(err, errRetired):
+		s.mu.Lock()
+		c.rdone = true
+		s.finishRetiredLocked(ep, c)
+		s.mu.Unlock()
 	case errors.Is(err, ErrProtocol) || errors.Is(err, ErrTooLarge):
 		s.fail(fmt.Errorf("transport: session %x: conn %d: %w", s.id[:4], c.stream, err), true)
 	default:
@@ -82,6 +91,9 @@ func (s *Session) readFrame(ep *epoch, c *wconn, r io.Reader, hb []byte, h *head
 		if crc := frameCRC(hb, buf.b); crc != h.crc {
 			buf.release()
 			return fmt.Errorf("message %d on %s lane (%d bytes): crc32c %08x, header says %08x: %w", h.seq, laneName(h.lane), h.length, crc, h.crc, ErrBadChecksum)
+		}
+		if h.lane == laneBulk {
+			c.rseq = h.seq
 		}
 		return s.onData(h, buf)
 	case frameGoaway:
@@ -151,6 +163,8 @@ func (s *Session) onControl(ep *epoch, c *wconn, h *header) error {
 			s.noteRTTLocked(time.Duration(s.monotonic() - h.seq))
 			ep.pingTS = 0
 		}
+	case frameRetire:
+		return s.onRetireLocked(ep, c, h.seq)
 	}
 	return nil
 }
@@ -234,6 +248,11 @@ func (s *Session) dataWriteLoop(ep *epoch, c *wconn) {
 	var ping [headerSize]byte
 	for {
 		s.mu.Lock()
+		if c.retiring {
+			s.mu.Unlock()
+			s.writeRetire(ep, c)
+			return
+		}
 		buf, n, seq, ok := s.takeLocked(ep, laneBulk)
 		more := ok && s.out[laneBulk].xmit < s.out[laneBulk].next
 		s.mu.Unlock()
@@ -247,11 +266,13 @@ func (s *Session) dataWriteLoop(ep *epoch, c *wconn) {
 				s.linkError(ep, fmt.Errorf("conn %d (epoch %d): write message %d: %w", c.stream, ep.num, seq, err))
 				return
 			}
+			c.wseq = seq
 			last = time.Now()
 			continue
 		}
 		select {
 		case <-ep.dataKick:
+		case <-c.kick:
 		case <-ep.done:
 			return
 		case <-t.C:

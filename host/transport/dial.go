@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -186,13 +187,24 @@ func (s *Session) attachHello(ep uint64, stream int, received []uint64) func(tls
 	}
 }
 
-// attachData dials the data connections of ep in parallel.
+// attachData dials the data connections of ep in parallel, as many as
+// are wanted. A connection the listener refuses for its limit is left out
+// (the count then drops to what it takes) rather than failing the epoch:
+// a request to grow made while the link was down must not end the
+// session at the resume.
 func (s *Session) attachData(ctx context.Context, ep *epoch) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
-	errs := make([]error, s.streams+1)
+	s.mu.Lock()
+	n := s.streams
+	if s.peerMaxStreams > 0 {
+		n = min(n, s.peerMaxStreams)
+	}
+	s.mu.Unlock()
+	errs := make([]error, n+1)
+	refused := make([]bool, n+1)
 	var wg sync.WaitGroup
-	for i := 1; i <= s.streams; i++ {
+	for i := 1; i <= n; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -202,18 +214,33 @@ func (s *Session) attachData(ctx context.Context, ep *epoch) error {
 				err = s.startConnLocked(ep, c)
 				s.mu.Unlock()
 			}
-			if err != nil {
+			switch {
+			case err == nil:
+			case i > 1 && isLimitRefusal(err):
+				refused[i] = true
+			default:
 				errs[i] = err
 				cancel()
 			}
 		}()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if k := slices.Index(refused, true); k > 0 {
+		// The listener's limit is on the stream number: every number
+		// above a refused one is refused too.
+		s.mu.Lock()
+		s.peerMaxStreams, s.streams = k-1, k-1
+		s.mu.Unlock()
+	}
+	return nil
 }
 
-// superviseDialer owns the dialing side's epochs: it waits for the current
-// one to end and builds the next, until the session ends.
+// superviseDialer owns the dialing side's epochs: it applies requests to
+// change the number of data connections, waits for the current epoch to
+// end and builds the next, until the session ends.
 func (s *Session) superviseDialer() {
 	defer close(s.supDone)
 	for {
@@ -222,7 +249,18 @@ func (s *Session) superviseDialer() {
 		s.mu.Unlock()
 		// A failing session ends its epoch itself, after its GOAWAY had
 		// its chance; waiting for the epoch alone keeps out of its way.
-		<-ep.done
+		// An ended epoch goes first: a resize pending then is applied by
+		// the resume.
+		select {
+		case <-ep.done:
+		default:
+			select {
+			case <-ep.done:
+			case <-s.resizeKick:
+				s.applyResize(ep)
+				continue
+			}
+		}
 		ep.wg.Wait()
 		s.mu.Lock()
 		s.retireEpochLocked(ep)

@@ -13,6 +13,12 @@
 // application consumed, so a slow consumer is felt by the producer as a
 // blocking Send: there is no unbounded buffer anywhere.
 //
+// The dialer may change the number of data connections while the session
+// runs (SetStreams, Resize): new ones attach to the current epoch and take
+// frames from the same queue; retired ones stop at a frame boundary and
+// say so with a RETIRE frame, which the peer answers before the
+// connection closes. Nothing is replayed and the stream does not pause.
+//
 // When a connection breaks, the whole set of connections (an epoch) is
 // torn down and the dialing side builds the next one, proving with an
 // HMAC token bound to the session's TLS-exported key and to the new

@@ -33,6 +33,10 @@ var (
 	// ErrAuth: certificate or attach-token verification failed, on either
 	// side of the connection.
 	ErrAuth = errors.New("transport: authentication failed")
+	// ErrUnsupported: an operation this side or this peer cannot do
+	// (changing the connections from the listening side, or with a peer
+	// that lacks the capability).
+	ErrUnsupported = errors.New("transport: not supported")
 
 	// ErrProtocol is matched by every violation of the wire protocol
 	// below: the peer is broken or hostile, and the session ends.

@@ -102,44 +102,60 @@ func FuzzReadFrames(f *testing.F) {
 	f.Add(join(fuzzFrame(frameData, 1, 1, []byte("prio")), fuzzFrame(framePing, 0, 5, nil), fuzzFrame(frameGoaway, 0, 1, []byte("x"))))
 	f.Add(join(fuzzFrame(frameData, 0, 1, []byte("a")), fuzzFrame(frameData, 0, 1, []byte("b"))))
 	f.Add(fuzzFrame(frameData, 0, 1, make([]byte, 100))[:50])
-	f.Fuzz(func(t *testing.T, stream []byte) {
-		cfg, err := Options{MaxMessage: 4096, WindowMessages: 16, WindowBytes: 16384}.resolve(1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := newSession(false, fuzzID, "fuzz", 1, nil, nil, cfg, 1,
-			peerLimits{maxMsg: 4096, winMsgs: 16, winBytes: 16384, priMsgs: 4, priBytes: 4096})
-		ep := newEpoch(1)
-		s.ep = ep
-		c := &wconn{stream: 0}
-		r := bytes.NewReader(stream)
-		var hb [headerSize]byte
-		var h header
-		frames := 0
-		for s.readFrame(ep, c, r, hb[:], &h) == nil {
-			frames++
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		for lane := range uint8(numLanes) {
-			for i := 0; ; i++ {
-				m, err := s.recv(ctx, lane, nil, false)
-				if err != nil {
-					if i > frames {
-						t.Fatalf("lane %d delivered %d messages from %d frames", lane, i, frames)
-					}
-					if !errors.Is(err, io.EOF) && !errors.Is(err, context.Canceled) && s.Err() == nil {
-						t.Fatalf("recv: %v", err)
-					}
-					break
+	f.Add(join(fuzzFrame(frameData, 0, 1, []byte("a")), fuzzFrame(frameRetire, 0, 1, nil)))
+	f.Fuzz(func(t *testing.T, stream []byte) { readFramesFuzz(t, stream, 0, nil) })
+}
+
+// FuzzReadFramesDataConn is FuzzReadFrames on a data connection of a
+// session whose peer may retire connections: RETIRE frames are legal
+// there, and must still deliver nothing that was not sent.
+func FuzzReadFramesDataConn(f *testing.F) {
+	join := func(fs ...[]byte) []byte { return bytes.Join(fs, nil) }
+	f.Add(join(fuzzFrame(frameData, 0, 1, []byte("a")), fuzzFrame(frameRetire, 0, 1, nil)))
+	f.Add(join(fuzzFrame(frameData, 0, 2, []byte("b")), fuzzFrame(frameData, 0, 1, []byte("a")), fuzzFrame(frameRetire, 0, 1, nil)))
+	f.Add(join(fuzzFrame(frameRetire, 0, 0, nil), fuzzFrame(frameData, 0, 1, []byte("late"))))
+	f.Add(fuzzFrame(frameRetire, 0, 7, nil))
+	f.Fuzz(func(t *testing.T, stream []byte) { readFramesFuzz(t, stream, 1, ourCaps()) })
+}
+
+func readFramesFuzz(t *testing.T, stream []byte, conn int, peerCaps []string) {
+	cfg, err := Options{MaxMessage: 4096, WindowMessages: 16, WindowBytes: 16384}.resolve(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSession(false, fuzzID, "fuzz", 1, peerCaps, nil, cfg, 1,
+		peerLimits{maxMsg: 4096, winMsgs: 16, winBytes: 16384, priMsgs: 4, priBytes: 4096})
+	ep := newEpoch(1)
+	s.ep = ep
+	c := &wconn{stream: conn}
+	r := bytes.NewReader(stream)
+	var hb [headerSize]byte
+	var h header
+	frames := 0
+	for s.readFrame(ep, c, r, hb[:], &h) == nil {
+		frames++
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for lane := range uint8(numLanes) {
+		for i := 0; ; i++ {
+			m, err := s.recv(ctx, lane, nil, false)
+			if err != nil {
+				if i > frames {
+					t.Fatalf("lane %d delivered %d messages from %d frames", lane, i, frames)
 				}
-				// A delivered message must occur in the stream as the
-				// payload of a frame with a valid CRC: find its header.
-				if !bytes.Contains(stream, m) {
-					t.Fatalf("delivered %q, which the stream does not carry", m)
+				if !errors.Is(err, io.EOF) && !errors.Is(err, context.Canceled) && s.Err() == nil {
+					t.Fatalf("recv: %v", err)
 				}
+				break
+			}
+			// A delivered message must occur in the stream as the
+			// payload of a frame with a valid CRC: find its header.
+			if !bytes.Contains(stream, m) {
+				t.Fatalf("delivered %q, which the stream does not carry", m)
 			}
 		}
-		s.cancel()
-	})
+	}
+	s.cancel()
+	ep.cancel()
 }

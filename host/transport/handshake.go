@@ -26,6 +26,10 @@ const (
 	capCRC32C       = "frame-crc32c"
 	capPriorityLane = "priority-lane"
 	capResume       = "resume-epoch"
+	// capResize is optional in version 1: a peer that has it accepts data
+	// connections attached to a live epoch beyond the count the session
+	// opened with, and RETIRE frames. Without it the count is fixed.
+	capResize = "stream-resize"
 )
 
 // TLS exporter labels (RFC 8446 section 7.5). The resume key is exported
@@ -188,6 +192,6 @@ func peerIdentity(cs tls.ConnectionState) string {
 	return leaf.Subject.CommonName
 }
 
-func ourCaps() []string { return append([]string(nil), requiredV1...) }
+func ourCaps() []string { return append(append([]string(nil), requiredV1...), capResize) }
 
 func hmacEqual(a, b []byte) bool { return hmac.Equal(a, b) }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -27,6 +28,9 @@ type Listener struct {
 	wg   sync.WaitGroup // accept loop and handshakes
 
 	acceptCh chan *Session
+	// fixedStreams makes the listener behave as a peer without capResize
+	// (tests: a peer that predates it).
+	fixedStreams bool
 
 	mu       sync.Mutex
 	closed   bool
@@ -277,6 +281,7 @@ func (l *Listener) open(c *wconn, peer string, version uint32, hello *pb.Hello, 
 	}
 	s := newSession(false, id, peer, version, hello.GetCapabilities(), key, eff, int(o.GetStreams()), limitsOf(o.GetLimits()))
 	s.ln = l
+	s.resizable = s.resizable && !l.fixedStreams
 	// The epoch exists before the Welcome leaves: the dialer attaches its
 	// data connections the moment it reads it.
 	ep := newEpoch(1)
@@ -298,7 +303,7 @@ func (l *Listener) open(c *wconn, peer string, version uint32, hello *pb.Hello, 
 	l.perPeer[peer]++
 	l.pending++
 	l.mu.Unlock()
-	w := &pb.Welcome{Version: version, Capabilities: ourCaps(), SessionId: id[:], Limits: ourLimits(eff)}
+	w := &pb.Welcome{Version: version, Capabilities: l.caps(), SessionId: id[:], Limits: ourLimits(eff)}
 	if err := writeHandshake(c.tls, w); err != nil {
 		l.mu.Lock()
 		l.pending--
@@ -313,6 +318,14 @@ func (l *Listener) open(c *wconn, peer string, version uint32, hello *pb.Hello, 
 	go s.superviseListener()
 	l.acceptCh <- s // room was reserved by pending
 	return true, nil
+}
+
+// caps are the capabilities the listener announces.
+func (l *Listener) caps() []string {
+	if l.fixedStreams {
+		return slices.DeleteFunc(ourCaps(), func(c string) bool { return c == capResize })
+	}
+	return ourCaps()
 }
 
 // forget drops s from the listener's tables; its id is then unknown.
@@ -396,7 +409,7 @@ func (s *Session) attachControl(c *wconn, version uint32, a *pb.Attach) (bool, e
 	ep := newEpoch(num)
 	s.installEpochLocked(ep)
 	s.mu.Unlock()
-	w := &pb.Welcome{Version: version, Capabilities: ourCaps(), SessionId: s.id[:], Received: received}
+	w := &pb.Welcome{Version: version, Capabilities: s.ln.caps(), SessionId: s.id[:], Received: received}
 	if err := writeHandshake(c.tls, w); err != nil {
 		err = fmt.Errorf("transport: welcome (resume) to %s: %w", s.peerName, err)
 		s.linkError(ep, err)
@@ -428,9 +441,12 @@ func (s *Session) attachDataConn(c *wconn, version uint32, a *pb.Attach) (bool, 
 		cur := s.epochNum
 		s.mu.Unlock()
 		return false, refuse(c.tls, pb.RefusalCode_REFUSAL_CODE_STALE, "epoch %d is not the current epoch %d", a.GetEpoch(), cur)
-	case c.stream > s.streams:
+	case !s.resizable && c.stream > s.streams:
 		s.mu.Unlock()
 		return false, refuse(c.tls, pb.RefusalCode_REFUSAL_CODE_BAD_REQUEST, "stream %d of a session with %d", c.stream, s.streams)
+	case c.stream > s.ln.cfg.MaxStreams:
+		s.mu.Unlock()
+		return false, refuse(c.tls, pb.RefusalCode_REFUSAL_CODE_LIMIT, "stream %d: this listener takes at most %d data connections per session", c.stream, s.ln.cfg.MaxStreams)
 	case ep.streams[c.stream]:
 		s.mu.Unlock()
 		return false, refuse(c.tls, pb.RefusalCode_REFUSAL_CODE_STALE, "stream %d already attached in epoch %d", c.stream, ep.num)
@@ -440,7 +456,7 @@ func (s *Session) attachDataConn(c *wconn, version uint32, a *pb.Attach) (bool, 
 	if s.cfg.sockBuf > 0 {
 		setSocketBuffers(c.raw.Conn, s.cfg.sockBuf)
 	}
-	w := &pb.Welcome{Version: version, Capabilities: ourCaps(), SessionId: s.id[:]}
+	w := &pb.Welcome{Version: version, Capabilities: s.ln.caps(), SessionId: s.id[:]}
 	if err := writeHandshake(c.tls, w); err != nil {
 		return false, fmt.Errorf("transport: welcome (stream %d) to %s: %w", c.stream, s.peerName, err)
 	}

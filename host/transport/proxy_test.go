@@ -1,10 +1,11 @@
 package transport
 
 import (
-	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // proxy forwards TCP connections to target and can cut them all at once,
@@ -14,10 +15,11 @@ type proxy struct {
 	target string
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	conns map[net.Conn]bool
-	down  bool
-	cuts  int
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+	down   bool
+	cuts   int
+	paused atomic.Bool
 }
 
 func newProxy(t testing.TB, target string) *proxy {
@@ -65,7 +67,21 @@ func (p *proxy) loop() {
 
 func (p *proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		for p.paused.Load() {
+			time.Sleep(time.Millisecond)
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
@@ -95,7 +111,12 @@ func (p *proxy) setDown(down bool) {
 	}
 }
 
+// setPaused holds every byte in the proxy (a link that delivers nothing
+// but does not break) or lets them go again.
+func (p *proxy) setPaused(paused bool) { p.paused.Store(paused) }
+
 func (p *proxy) close() {
+	p.setPaused(false)
 	p.ln.Close()
 	p.cut()
 	p.wg.Wait()

@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,8 +30,10 @@ type Session struct {
 	peerCaps []string
 	key      []byte // resume key, from the TLS exporter of the first connection
 	cfg      effective
-	streams  int
 	start    time.Time
+	// resizable: both sides have capResize, so the dialer may change the
+	// number of data connections of a live session.
+	resizable bool
 
 	dial *dialer   // dialer side only
 	ln   *Listener // listener side only
@@ -53,6 +56,21 @@ type Session struct {
 	ctrBits    uint64
 	st         counters
 	closedWire [2]uint64 // wire bytes of connections that are gone (read, written)
+
+	// streams is the number of data connections wanted: Dial's count,
+	// then the last SetStreams (dialer); the count opened with (listener).
+	streams int
+	// Resize requests (dialer): SetStreams bumps resizeGen and kicks the
+	// supervisor, which applies the latest target and records the outcome
+	// (resizeApplied, resizeErr), closing and replacing resizeDone.
+	resizeKick    chan struct{}
+	resizeGen     uint64
+	resizeApplied uint64
+	resizeErr     error
+	resizeDone    chan struct{}
+	// peerMaxStreams is the most data connections the listener takes, once
+	// a refusal showed it (0: not known).
+	peerMaxStreams int
 }
 
 // counters are Session statistics guarded by Session.mu.
@@ -67,6 +85,7 @@ type counters struct {
 	rateStart                time.Time
 	rate                     float64
 	sockSnd, sockRcv         int
+	added, retired           uint64 // data connections added to / retired from a live epoch
 }
 
 // epoch is one generation of connections. Any connection failing ends the
@@ -74,12 +93,15 @@ type counters struct {
 // everything down keeps the resume exchange exact: when a side reports
 // what it received, no connection of the old epoch can still deliver.
 type epoch struct {
-	num      uint64
-	done     chan struct{}
-	failed   bool // guarded by Session.mu
-	conns    []*wconn
-	streams  map[int]bool // data streams attached or being attached
-	ctl      *wconn
+	num     uint64
+	done    chan struct{}
+	failed  bool // guarded by Session.mu
+	conns   []*wconn
+	streams map[int]bool // data streams attached or being attached
+	ctl     *wconn
+	// ctx ends with the epoch: it bounds the dials that add connections.
+	ctx      context.Context
+	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	ctlKick  chan struct{}
 	dataKick chan struct{}
@@ -102,6 +124,19 @@ type wconn struct {
 	tls    *tls.Conn
 	raw    *countConn
 	stream int // 0 is the control connection
+
+	// Data connections only. A retiring connection's writer takes no more
+	// frames and writes RETIRE; once it has and the peer's RETIRE was read,
+	// the connection is closed and leaves the epoch (gone closes). retiring,
+	// wdone and rdone are guarded by Session.mu.
+	retiring     bool
+	wdone, rdone bool
+	kick         chan struct{} // capacity 1: wakes the writer to retire
+	gone         chan struct{}
+	// The last bulk sequence number written (by the writer goroutine) and
+	// read (by the reader goroutine) on this connection: RETIRE carries
+	// the first, the peer checks it against the second.
+	wseq, rseq uint64
 }
 
 // countConn counts the bytes a connection carries at the TCP level
@@ -134,7 +169,8 @@ func newSession(isDialer bool, id [idSize]byte, peerName string, version uint32,
 	cfg effective, streams int, peer peerLimits) *Session {
 	s := &Session{id: id, isDialer: isDialer, peerName: peerName, version: version, peerCaps: peerCaps, key: key,
 		cfg: cfg, streams: streams, start: time.Now(), done: make(chan struct{}), supDone: make(chan struct{}),
-		epochCh: make(chan struct{}, 1), ctrBits: 1}
+		epochCh: make(chan struct{}, 1), ctrBits: 1, resizable: slices.Contains(peerCaps, capResize),
+		resizeKick: make(chan struct{}, 1), resizeDone: make(chan struct{})}
 	if !isDialer {
 		s.dir = dirFromListener
 	}
@@ -462,6 +498,7 @@ func (s *Session) failEpochLocked(ep *epoch, err error) {
 	}
 	ep.failed = true
 	close(ep.done)
+	ep.cancel()
 	for _, c := range ep.conns {
 		c.raw.Close()
 	}
@@ -471,9 +508,11 @@ func (s *Session) failEpochLocked(ep *epoch, err error) {
 }
 
 func newEpoch(num uint64) *epoch {
-	return &epoch{num: num, done: make(chan struct{}), streams: map[int]bool{},
+	ep := &epoch{num: num, done: make(chan struct{}), streams: map[int]bool{},
 		ctlKick: make(chan struct{}, 1), dataKick: make(chan struct{}, 1),
 		ctlExit: make(chan struct{}), ctlRead: make(chan struct{})}
+	ep.ctx, ep.cancel = context.WithCancel(context.Background())
+	return ep
 }
 
 // startConnLocked adds c to ep and starts its reader and writer. It fails
@@ -492,6 +531,7 @@ func (s *Session) startConnLocked(ep *epoch, c *wconn) error {
 		go s.ctlWriteLoop(ep, c)
 	} else {
 		ep.streams[c.stream] = true
+		c.kick, c.gone = make(chan struct{}, 1), make(chan struct{})
 		if snd, rcv, ok := socketBuffers(c.raw.Conn); ok {
 			s.st.sockSnd, s.st.sockRcv = snd, rcv
 		}

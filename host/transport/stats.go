@@ -14,6 +14,15 @@ type Stats struct {
 	// included); ConnectionsOpened counts every one ever attached.
 	Connections       int
 	ConnectionsOpened uint64
+	// Streams is how many data connections carry frames now (attached to
+	// the current epoch, not retiring); StreamsWanted the count asked for
+	// (Dial's, then SetStreams'). StreamsAdded and StreamsRetired count
+	// the data connections a live epoch gained and lost by such requests;
+	// LastResizeError is why the last request ended short ("" if none).
+	Streams                      int
+	StreamsWanted                int
+	StreamsAdded, StreamsRetired uint64
+	LastResizeError              string
 	// Epoch is the current epoch; Reconnects counts successful resumes,
 	// ResumeFailures the attempts that failed.
 	Epoch          uint64
@@ -60,6 +69,10 @@ func (s *Session) Stats() Stats {
 		UnackedBytes:      s.out[laneBulk].bytes,
 		RTT:               s.st.srtt, RTTMin: s.st.rttMin, DeliveryRate: s.st.rate,
 		SocketSendBuffer: s.st.sockSnd, SocketRecvBuffer: s.st.sockRcv, SocketBufferRequested: s.cfg.sockBuf,
+		Streams: s.activeStreamsLocked(), StreamsWanted: s.streams, StreamsAdded: s.st.added, StreamsRetired: s.st.retired,
+	}
+	if s.resizeErr != nil {
+		st.LastResizeError = s.resizeErr.Error()
 	}
 	if s.ep != nil {
 		if !s.ep.failed {

@@ -20,8 +20,9 @@ import (
 //	      (1 = priority); other bits zero
 //	3     reserved, zero
 //	4:20  session id
-//	20:28 sequence number (DATA, ACK, FIN), timestamp (PING, PONG) or
-//	      code (GOAWAY), big endian
+//	20:28 sequence number (DATA, ACK, FIN; RETIRE: the last DATA sent
+//	      on this connection), timestamp (PING, PONG) or code (GOAWAY),
+//	      big endian
 //	28:32 payload length, big endian
 //	32:36 CRC32C (Castagnoli) of the payload followed by bytes 0:32
 const (
@@ -45,6 +46,10 @@ const (
 	framePong   frameType = 4
 	frameFin    frameType = 5
 	frameGoaway frameType = 6
+	// frameRetire ends a data connection's part in the session: the
+	// sender puts nothing more on it (docs/transport.md, "Changing the
+	// number of data connections").
+	frameRetire frameType = 7
 )
 
 func (t frameType) String() string {
@@ -61,6 +66,8 @@ func (t frameType) String() string {
 		return "FIN"
 	case frameGoaway:
 		return "GOAWAY"
+	case frameRetire:
+		return "RETIRE"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -126,7 +133,7 @@ func parseHeader(b []byte, h *header) error {
 		return fmt.Errorf("frame header: marker %#02x, want %#02x: %w", b[0], frameMarker, ErrBadFrame)
 	}
 	h.typ = frameType(b[1])
-	if h.typ < frameData || h.typ > frameGoaway {
+	if h.typ < frameData || h.typ > frameRetire {
 		return fmt.Errorf("frame header: unknown %v: %w", h.typ, ErrBadFrame)
 	}
 	if b[2]&^(flagDir|flagLane) != 0 || b[3] != 0 {
@@ -139,7 +146,7 @@ func parseHeader(b []byte, h *header) error {
 	h.length = binary.BigEndian.Uint32(b[28:32])
 	h.crc = binary.BigEndian.Uint32(b[32:36])
 	switch h.typ {
-	case frameAck, framePing, framePong, frameFin:
+	case frameAck, framePing, framePong, frameFin, frameRetire:
 		if h.length != 0 {
 			return fmt.Errorf("frame header: %v with length %d, want 0: %w", h.typ, h.length, ErrBadFrame)
 		}

@@ -345,16 +345,19 @@ func Profiles() []Profile {
 			QueueDelay:  40 * time.Millisecond,
 		},
 		{
-			Name:        "variable",
-			Description: "a path whose rate and RTT change every 3 s (route changes, cross traffic), MTU 1500.",
-			RTT:         40 * time.Millisecond,
-			Rate:        200 * Mbps,
-			MTU:         1500,
-			QueueDelay:  50 * time.Millisecond,
+			Name: "variable",
+			Description: "a path that alternates between a fat phase (1 s of 2 Gbit/s at 20 ms: the CPU is the " +
+				"bottleneck, the lightest codec carries the most) and a thin one (5 s of 150 Mbit/s at 40 ms: the " +
+				"link is, and strong compression carries the most), MTU 9000. The RTT only doubles: TCP BBR keeps " +
+				"its minimum RTT for 10 s and caps what is in flight at twice the bandwidth times it, so a longer " +
+				"jump would starve every flow for seconds after it (docs/wanlab.md).",
+			RTT:        20 * time.Millisecond,
+			Rate:       2 * Gbps,
+			MTU:        9000,
+			QueueDelay: 50 * time.Millisecond,
 			Steps: []Step{
-				{For: 3 * time.Second, RTT: 40 * time.Millisecond, Rate: 200 * Mbps},
-				{For: 3 * time.Second, RTT: 120 * time.Millisecond, Rate: 50 * Mbps},
-				{For: 3 * time.Second, RTT: 80 * time.Millisecond, Rate: 100 * Mbps},
+				{For: time.Second, RTT: 20 * time.Millisecond, Rate: 2 * Gbps},
+				{For: 5 * time.Second, RTT: 40 * time.Millisecond, Rate: 150 * Mbps},
 			},
 		},
 		{

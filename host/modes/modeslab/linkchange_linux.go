@@ -98,7 +98,8 @@ func (p *Pair) Adaptive(mode modes.Mode, manual bool, path modes.Path, codecs []
 	}
 	ctl, err := modes.NewController(modes.ControllerConfig{
 		Settings: settings, Path: path, Thresholds: t, Manual: manual, Workers: Workers(),
-		Streams:    p.Src.Stats().Connections - 1,
+		Streams:    p.Src.Stats().Streams,
+		Resizer:    p.Src,
 		Sampler:    modes.TransportSampler{Session: p.Src, Loss: p.Loss},
 		OnDecision: onDecision,
 	})

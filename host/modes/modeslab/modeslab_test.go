@@ -37,7 +37,7 @@ func TestExpectedModesOfTheBuiltInProfiles(t *testing.T) {
 		"wan-100ms-1g":   {modes.Internet},
 		"wan-50ms-5g":    {modes.Internet},
 		"internet-lossy": {modes.Internet},
-		"variable":       {modes.Internet, modes.Internet, modes.Internet},
+		"variable":       {modes.Hybrid, modes.Internet},
 		"internet":       {modes.Internet},
 	}
 	for _, p := range wanlab.Profiles() {

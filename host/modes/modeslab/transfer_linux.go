@@ -119,6 +119,39 @@ func TransferBytes(ctx context.Context, p *Pair, data []byte, cfg TransferConfig
 	return res, nil
 }
 
+// TransferFor carries data, repeated, from p.Src to p.Dst for d: the
+// source stops reading d after its first read, and the transfer ends when
+// the destination has verified what was sent. Every byte delivered is
+// checked. On a profile whose schedule cycles, d a whole number of cycles
+// measures the average of the cycle: a fixed amount of data would instead
+// end in one phase or the next depending on small differences in speed
+// (docs/modes.md).
+func TransferFor(ctx context.Context, p *Pair, data []byte, d time.Duration, cfg TransferConfig) (TransferResult, error) {
+	in := &timedReader{loopReader: loopReader{data: data}, d: d}
+	out := &loopCompareWriter{want: data}
+	res, err := Transfer(ctx, p, in, out, cfg)
+	if err != nil {
+		return res, err
+	}
+	return res, out.check(in.n.Load())
+}
+
+// timedReader is a loopReader that ends its stream d after its first read.
+type timedReader struct {
+	loopReader
+	d     time.Duration
+	until time.Time
+}
+
+func (r *timedReader) Read(p []byte) (int, error) {
+	if r.until.IsZero() {
+		r.until = time.Now().Add(r.d)
+	} else if time.Now().After(r.until) {
+		return 0, io.EOF
+	}
+	return r.loopReader.Read(p)
+}
+
 type countingWriter struct {
 	w io.Writer
 	n int64
@@ -157,10 +190,24 @@ func (c *compareWriter) Write(p []byte) (int, error) {
 // no framing and no compression: the baseline a transfer is compared with.
 // The time runs from the dial to the receiver's end of stream.
 func PlainTCP(ctx context.Context, lab *wanlab.Lab, data []byte) (time.Duration, error) {
+	took, _, err := plainTCP(ctx, lab, bytes.NewReader(data), int64(len(data)))
+	return took, err
+}
+
+// PlainTCPFor is PlainTCP sending data, repeated, for d (TransferFor's
+// baseline). It returns the time to the receiver's end of stream and the
+// bytes delivered.
+func PlainTCPFor(ctx context.Context, lab *wanlab.Lab, data []byte, d time.Duration) (time.Duration, int64, error) {
+	return plainTCP(ctx, lab, &timedReader{loopReader: loopReader{data: data}, d: d}, -1)
+}
+
+// plainTCP sends src; want is the byte count the receiver must see (-1:
+// whatever was sent).
+func plainTCP(ctx context.Context, lab *wanlab.Lab, src io.Reader, want int64) (time.Duration, int64, error) {
 	h0, h1 := lab.Host(0), lab.Host(1)
 	ln, err := lab.Listen(h1, "tcp", net.JoinHostPort(h1.Addr.String(), "0"))
 	if err != nil {
-		return 0, fmt.Errorf("plain tcp: listen on %s: %w", h1, err)
+		return 0, 0, fmt.Errorf("plain tcp: listen on %s: %w", h1, err)
 	}
 	type got struct {
 		n   int64
@@ -184,22 +231,25 @@ func PlainTCP(ctx context.Context, lab *wanlab.Lab, data []byte) (time.Duration,
 	if err != nil {
 		ln.Close()
 		<-recv
-		return 0, fmt.Errorf("plain tcp: dial %s: %w", h1, err)
+		return 0, 0, fmt.Errorf("plain tcp: dial %s: %w", h1, err)
 	}
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	_, werr := c.Write(data)
+	sent, werr := io.Copy(c, src)
 	stop()
 	c.Close()
 	r := <-recv
 	took := time.Since(start)
 	ln.Close()
+	if want < 0 {
+		want = sent
+	}
 	switch {
 	case werr != nil:
-		return took, fmt.Errorf("plain tcp: write: %w", werr)
+		return took, r.n, fmt.Errorf("plain tcp: write: %w", werr)
 	case r.err != nil:
-		return took, fmt.Errorf("plain tcp: read: %w", r.err)
-	case r.n != int64(len(data)):
-		return took, fmt.Errorf("plain tcp: delivered %d of %d bytes", r.n, len(data))
+		return took, r.n, fmt.Errorf("plain tcp: read: %w", r.err)
+	case r.n != want || sent != want:
+		return took, r.n, fmt.Errorf("plain tcp: sent %d, delivered %d of %d bytes", sent, r.n, want)
 	}
-	return took, nil
+	return took, r.n, nil
 }

@@ -46,7 +46,7 @@ var (
 		"accuracy", "RTT measured (set)", "bandwidth measured (set)", "loss measured (set)", "measured / set: RTT, bandwidth", "probe time"}
 	switchColumns = []string{"scenario", "link before → after", "runs", "mode at start → end",
 		"change → mode decision", "change → first level decision towards the new link", "change → first batch at that level", "that level decision"}
-	adaptiveColumns = []string{"policy", "runs", "completion time", "throughput (stream)", "bytes on the wire",
+	adaptiveColumns = []string{"policy", "runs", "stream carried", "throughput (stream)", "bytes on the wire",
 		"ratio", "time vs plain TCP", "time vs best fixed", "steps used"}
 )
 
@@ -102,9 +102,9 @@ func settingsText(p wanlab.Profile) string {
 	if len(p.Steps) > 0 {
 		parts := make([]string, len(p.Steps))
 		for i, st := range p.Steps {
-			parts[i] = fmt.Sprintf("%v/%v", st.RTT, st.Rate)
+			parts[i] = fmt.Sprintf("%v of %v/%v", st.For, st.RTT, st.Rate)
 		}
-		return fmt.Sprintf("every %v: %s; loss %s, MTU %d", p.Steps[0].For, strings.Join(parts, " → "), lossText(p.Loss), p.MTU)
+		return fmt.Sprintf("cycling %s; loss %s, MTU %d", strings.Join(parts, " → "), lossText(p.Loss), p.MTU)
 	}
 	return fmt.Sprintf("RTT %v, %v, loss %s, MTU %d", p.RTT, p.Rate, lossText(p.Loss), p.MTU)
 }

@@ -36,7 +36,7 @@ func TestUnavailableIsComplete(t *testing.T) {
 		}
 	}
 	variable := det.Rows[len(det.Rows)-2]
-	if variable[0] != "variable" || variable[2] != "internet (every step)" {
+	if variable[0] != "variable" || variable[2] != "hybrid / internet (by step)" {
 		t.Errorf("variable profile row %v: expected mode should be derived per step", variable)
 	}
 }

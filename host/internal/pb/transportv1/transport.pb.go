@@ -115,6 +115,10 @@ type Hello struct {
 	// version both speak.
 	Versions []uint32 `protobuf:"varint,1,rep,packed,name=versions,proto3" json:"versions,omitempty"`
 	// Capabilities the dialer has (see docs/transport.md for the v1 set).
+	// "stream-resize" is optional: a peer that has it accepts data
+	// connections attached to the live epoch beyond the count the session
+	// opened with (up to its own limit), and RETIRE frames that take one
+	// out (docs/transport.md, "Changing the number of data connections").
 	Capabilities []string `protobuf:"bytes,2,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	// Types that are valid to be assigned to Purpose:
 	//
@@ -355,9 +359,12 @@ type Attach struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	SessionId []byte                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// Epoch this connection belongs to. A control connection (stream 0)
-	// starts epoch n+1; data connections join the current epoch.
+	// starts epoch n+1; data connections join the current epoch, when it
+	// starts or later (a session growing, with "stream-resize").
 	Epoch uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	// 0 for the control connection, 1..streams for data connections.
+	// 0 for the control connection, 1..streams for data connections (with
+	// "stream-resize": 1..the listener's limit, a number not attached in
+	// this epoch; a retired connection's number is free again).
 	Stream uint32 `protobuf:"varint,3,opt,name=stream,proto3" json:"stream,omitempty"`
 	// Strictly increasing per session; the listener refuses a counter it
 	// has seen (replay).
