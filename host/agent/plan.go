@@ -65,7 +65,10 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 		}
 		overrides = o
 	}
-	pcfg := modes.ProbeConfig{}
+	// A mode the user chose needs no classification: the probe measures
+	// the RTT (one round trip) and the bandwidth comes from the session's
+	// own traffic, which saves the bandwidth bursts (0.7-1 s at 60 ms).
+	pcfg := modes.ProbeConfig{RTTOnly: want != modes.Mode(0)}
 	var cache *modes.Cache
 	if a.cfg.StateDir != "" {
 		c, err := modes.OpenCache(a.cfg.StateDir, 0)
@@ -94,7 +97,7 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 	}
 	ctl, err := modes.NewController(modes.ControllerConfig{
 		Settings: settings, Path: probe.Path, Thresholds: overrides.Thresholds, Manual: manual,
-		Streams: sess.Stats().Connections - 1, Sampler: modes.TransportSampler{Session: sess},
+		Streams: sess.Stats().Streams, Resizer: sess, Sampler: modes.TransportSampler{Session: sess},
 	})
 	if err != nil {
 		return nil, err

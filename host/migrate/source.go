@@ -42,6 +42,10 @@ type SourceOptions struct {
 	// switch over) are made against the real rate rather than the speed of
 	// the local socket into DWCP.
 	EffectiveRate func() uint64
+	// History, when set, records the migration in the host's page history
+	// and sends pages the destination holds from earlier migrations
+	// between the two hosts as references (pipeline.History).
+	History *pipeline.History
 	// SendWindow, when set, is what the session may keep in flight (bytes),
 	// re-read every two seconds: little more than the path's
 	// bandwidth-delay product, because every byte queued in DWCP is a byte
@@ -231,7 +235,7 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 	started := make(chan error, 1)
 	cfg := pipeline.SourceConfig{
 		Codecs: opts.Codecs, Policy: opts.Policy, PageStage: opts.PageStage, Kind: pipeline.KindQEMU,
-		Name: info.Name, ExpectedLength: info.MemoryBytes, ReturnPath: qemu, Mode: opts.Mode, Hello: hello,
+		Name: info.Name, ExpectedLength: info.MemoryBytes, ReturnPath: qemu, Mode: opts.Mode, Hello: hello, History: opts.History,
 		Accepted: func() {
 			// The destination VM listens now: start QEMU's side.
 			go qemu.accept()

@@ -26,6 +26,9 @@ type Decoder struct {
 	err    error
 	buf    []byte // DecodeTo's output, reused
 	stats  Stats
+	// known is the hash of the page the last KNOWN record rebuilt (already
+	// checked), so that the observer does not hash it again.
+	known PageHash
 }
 
 // NewDecoder returns a decoder for one session.
@@ -230,6 +233,13 @@ func (d *Decoder) apply(dst []byte, h header, b Batch) ([]byte, error) {
 			if err != nil {
 				return dst, err
 			}
+			if obs := d.opts.Observer; obs != nil && kind != kindDup {
+				h := d.known
+				if kind != kindKnown {
+					h = PageHash(xxh3.Hash128(page))
+				}
+				obs.ObservePage(h, page)
+			}
 			if index {
 				if d.ring.count >= uint64(d.ring.store.n) {
 					d.stats.DedupEvictions++
@@ -301,6 +311,7 @@ func (d *Decoder) page(r *batchReader, kind byte, page, stored []byte, bi uint32
 		if got := xxh3.Hash128(page); PageHash(got) != h {
 			return stored, r.errorf(ErrUnknownBase, "known-page store returned content hashing to %v for %v", PageHash(got), h)
 		}
+		d.known = h
 		d.stats.Pages[PageKnown]++
 	case kindDelta:
 		base, ok := d.cache.lookup(bi, pfn)

@@ -125,8 +125,9 @@ func (e *Encoder) AddPage(block string, addr uint64, page []byte) {
 
 	useIndex := on&Dedup != 0 && e.index.enabled()
 	useKnown := on&Known != 0 && e.opts.Known != nil
+	obs := e.opts.Observer
 	var h xxh3.Uint128
-	if useIndex || useKnown {
+	if useIndex || useKnown || obs != nil {
 		h = xxh3.Hash128(page)
 	}
 	var bi uint32
@@ -154,6 +155,9 @@ func (e *Encoder) AddPage(block string, addr uint64, page []byte) {
 		e.cur.Compressible = binary.BigEndian.AppendUint64(e.cur.Compressible, h.Lo)
 		e.remember(page, h, useIndex, useAddr, bi, pfn)
 		e.stats.Pages[PageKnown]++
+		if obs != nil {
+			obs.ObservePage(PageHash(h), page)
+		}
 		return
 	}
 	if cached {
@@ -166,6 +170,9 @@ func (e *Encoder) AddPage(block string, addr uint64, page []byte) {
 			e.remember(page, h, useIndex, true, bi, pfn)
 			e.stats.Pages[PageDelta]++
 			e.stats.DeltaBytes += uint64(len(spans))
+			if obs != nil {
+				obs.ObservePage(PageHash(h), page)
+			}
 			return
 		}
 		e.stats.DeltaRejected++
@@ -180,6 +187,9 @@ func (e *Encoder) AddPage(block string, addr uint64, page []byte) {
 		e.stats.Pages[PageFull]++
 	}
 	e.remember(page, h, useIndex, useAddr, bi, pfn)
+	if obs != nil {
+		obs.ObservePage(PageHash(h), page)
+	}
 }
 
 // Flush finishes the current batch and hands it over in b. The encoder

@@ -100,6 +100,9 @@ type Options struct {
 	// Known, when set, tells the encoder which pages the destination
 	// already holds.
 	Known KnownSource
+	// Observer, when set, sees every page the session carries other than
+	// zero runs and dedup references (see PageObserver).
+	Observer PageObserver
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -162,6 +165,9 @@ type DecoderOptions struct {
 	MaxDeltaCacheBytes int64
 	// Known resolves known-page records; without it they are errors.
 	Known KnownStore
+	// Observer, when set, sees every page rebuilt from a FULL, STORED,
+	// DELTA or KNOWN record (see PageObserver).
+	Observer PageObserver
 }
 
 func (o DecoderOptions) withDefaults() DecoderOptions {

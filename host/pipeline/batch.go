@@ -19,10 +19,12 @@ type Batch struct {
 	Release func()
 }
 
-// PageStats counts what a page stage did.
+// PageStats counts what a page stage did. Known counts pages sent as
+// references to the destination's page history (earlier sessions);
+// Duplicate those sent as references to earlier pages of this session.
 type PageStats struct {
-	Pages, Zero, Duplicate, Delta, Full, Stored uint64
-	BytesIn, CompressibleOut, StoredOut         uint64
+	Pages, Zero, Duplicate, Known, Delta, Full, Stored uint64
+	BytesIn, CompressibleOut, StoredOut                uint64
 }
 
 // BatchBuilder accumulates stream bytes into batches on the source.
@@ -44,18 +46,40 @@ type BatchDecoder interface {
 }
 
 // BatchBuilderFactory makes the page stage of a session, with the
-// parameters the destination needs to mirror it.
+// parameters the destination needs to mirror it. The builder is made once
+// the destination accepted, with the session's page-history hooks (zero
+// when history is not in play).
 type BatchBuilderFactory interface {
-	NewBuilder() BatchBuilder
+	NewBuilder(PageHooks) BatchBuilder
 	Params() *streamv1.PageStageParams
 }
 
-// DecoderFactory makes the destination half from the source's parameters.
-type DecoderFactory func(*streamv1.PageStageParams) (BatchDecoder, error)
+// DecoderFactory makes the destination half from the source's parameters
+// and the session's page-history hooks.
+type DecoderFactory func(*streamv1.PageStageParams, PageHooks) (BatchDecoder, error)
+
+// lendingBuilder is a BatchBuilder that can build its next batch's
+// compressible section in memory it is lent: a codec Buffer leased from a
+// plugin codec, so that the codec reads the batch where it was built
+// instead of the host copying it into shared memory.
+type lendingBuilder interface {
+	// FlushInto is Flush, and the builder appends the next batch's
+	// compressible section to next (length 0). If the current batch is
+	// empty nothing happens and next is not taken. A batch built in lent
+	// memory has a Release that leaves that memory alone; a batch that
+	// outgrew it was reallocated and is the builder's own again.
+	FlushInto(next []byte) (Batch, error)
+}
+
+// sameStart reports whether b starts where lent does, i.e. was built in it.
+func sameStart(b, lent []byte) bool {
+	return len(b) > 0 && cap(lent) > 0 && &b[0] == &lent[:1][0]
+}
 
 // rawBuilder batches stream bytes as they are.
 type rawBuilder struct {
 	buf  []byte
+	lent []byte    // the memory buf was started in by FlushInto; nil: buf is ours
 	pool sync.Pool // *[]byte buffers whose frames were sent
 }
 
@@ -66,13 +90,31 @@ func (r *rawBuilder) AddPage(_ string, _ uint64, page []byte) { r.buf = append(r
 func (r *rawBuilder) Pending() int { return len(r.buf) }
 
 func (r *rawBuilder) Flush() (Batch, error) {
-	buf := r.buf
-	next, _ := r.pool.Get().(*[]byte)
-	if next == nil {
-		next = new([]byte)
+	if len(r.buf) == 0 {
+		return Batch{}, nil
 	}
-	r.buf = (*next)[:0]
-	return Batch{Compressible: buf, Decoded: len(buf), Release: func() { buf = buf[:0]; r.pool.Put(&buf) }}, nil
+	var next []byte
+	if p, _ := r.pool.Get().(*[]byte); p != nil {
+		next = (*p)[:0]
+	}
+	return r.flush(next, nil), nil
+}
+
+func (r *rawBuilder) FlushInto(next []byte) (Batch, error) {
+	if len(r.buf) == 0 {
+		return Batch{}, nil
+	}
+	return r.flush(next[:0], next), nil
+}
+
+func (r *rawBuilder) flush(next, lent []byte) Batch {
+	buf, wasLent := r.buf, r.lent
+	r.buf, r.lent = next, lent
+	b := Batch{Compressible: buf, Decoded: len(buf)}
+	if !sameStart(buf, wasLent) {
+		b.Release = func() { buf = buf[:0]; r.pool.Put(&buf) }
+	}
+	return b
 }
 
 func (r *rawBuilder) Stats() PageStats { return PageStats{} }

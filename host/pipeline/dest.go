@@ -37,6 +37,10 @@ type DestConfig struct {
 	Accept func(ctx context.Context, h *streamv1.Hello) (out io.Writer, ret io.Reader, err error)
 	// Name is reported to the source.
 	Name string
+	// History, when set, records QEMU streams that arrive through the page
+	// stage in the host's page history, and resolves the source's
+	// references to pages of earlier sessions with the same peer.
+	History *History
 }
 
 type decodeJob struct {
@@ -47,6 +51,17 @@ type decodeJob struct {
 	cp     *wire.Checkpoint
 	err    error
 	done   chan struct{}
+	// buf holds raw when a plugin codec decoded it in place (nil
+	// otherwise); the assembler releases it once raw is rebuilt.
+	buf codec.Buffer
+}
+
+// releaseBuf gives the job's codec Buffer back, once.
+func (j *decodeJob) releaseBuf() {
+	if j.buf != nil {
+		j.buf.Release()
+		j.buf = nil
+	}
 }
 
 // Receive runs the destination side of one stream on c: it answers the
@@ -74,7 +89,16 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 		return nil, prog.Snapshot(), err
 	}
 	prog.qemu.Store(hello.Kind == streamv1.StreamKind_STREAM_KIND_QEMU)
-	codecs, dec, err := negotiate(hello, cfg)
+	// The history is committed only once the final checkpoint verified;
+	// every other way out drops the recording and unpins the sessions.
+	var hooks PageHooks
+	hist := &destHistory{}
+	if cfg.History != nil && cfg.PageStage != nil {
+		hooks, hist = cfg.History.receive(hello)
+	}
+	verified := false
+	defer func() { hist.close(verified) }()
+	codecs, dec, err := negotiate(hello, cfg, hooks)
 	if err != nil {
 		sendAbort(ctx, c, streamv1.AbortCode_ABORT_CODE_UNSUPPORTED, err)
 		return hello, prog.Snapshot(), err
@@ -91,6 +115,7 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 	for id := range codecs {
 		acc.Codecs = append(acc.Codecs, uint32(id))
 	}
+	hist.accept(acc)
 	f, err := marshalFrame(wire.TypeAccept, acc)
 	if err != nil {
 		return hello, prog.Snapshot(), err
@@ -110,7 +135,7 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 		go func() {
 			defer workers.Done()
 			for j := range work {
-				j.raw, j.err = decompress(j, codecs)
+				j.raw, j.buf, j.err = decompress(j, codecs)
 				close(j.done)
 			}
 		}()
@@ -184,15 +209,63 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 			}
 		}
 	})
-	// Assembler: jobs in order -> verified output.
+	// Deliverer: verified segments -> the output. Writing to the
+	// destination QEMU runs beside the assembler, double-buffered: while
+	// QEMU loads one verified segment the assembler rebuilds and hashes
+	// the next, and the reader keeps taking frames (and so acknowledging
+	// them). Delivering inline stalled the whole receive side for every
+	// segment QEMU loaded, which the source saw as a closed window.
+	deliver := make(chan []byte)
+	free := make(chan []byte, 2)
+	free <- nil
+	free <- nil
+	delivered := make(chan error, 1)
 	g.Go(func() error {
+		for seg := range deliver {
+			// An empty write is skipped: the destination QEMU may already
+			// have loaded everything and closed its socket.
+			if len(seg) > 0 {
+				if _, err := out.Write(seg); err != nil {
+					err = fmt.Errorf("deliver stream bytes: %w", err)
+					delivered <- err
+					return err
+				}
+				prog.bytesIn.Add(uint64(len(seg)))
+			}
+			free <- seg[:0]
+		}
+		delivered <- nil
+		return nil
+	})
+	// Assembler: jobs in order -> verified segments.
+	var failed error // set by the assembler, read after Wait
+	g.Go(func() (err error) {
 		defer func() {
+			if err != nil {
+				// Stop the reader now: the group cancels only once this
+				// returns, after the drain below, and a source that keeps
+				// sending would keep the drain going until it finished.
+				failed = err
+				cancel()
+			}
 			for j := range order {
 				<-j.done
+				j.releaseBuf()
+			}
+		}()
+		deliverOpen := true
+		finishDelivery := func() error {
+			deliverOpen = false
+			close(deliver)
+			return <-delivered
+		}
+		defer func() {
+			if deliverOpen {
+				close(deliver)
 			}
 		}()
 		hasher := blake3.New()
-		var hold []byte
+		hold := <-free
 		var total uint64
 		var sum [32]byte
 		for j := range order {
@@ -208,6 +281,7 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 				} else {
 					hold, err = rawDecoder{}.Decode(hold, j.raw, j.stored, int(j.h.Decoded))
 				}
+				j.releaseBuf()
 				if err != nil {
 					return fmt.Errorf("rebuild batch at stream offset %d: %w", j.h.Offset, err)
 				}
@@ -225,17 +299,22 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 			if j.cp.Length != total || !bytes.Equal(sum[:], j.cp.Digest[:]) {
 				return fmt.Errorf("checkpoint at %d bytes (received %d): %w", j.cp.Length, total, ErrDigestMismatch)
 			}
-			// An empty write is skipped: the destination QEMU may already
-			// have loaded everything and closed its socket.
-			if len(hold) > 0 {
-				if _, err := out.Write(hold); err != nil {
-					return fmt.Errorf("deliver stream bytes: %w", err)
-				}
-			}
-			prog.bytesIn.Add(uint64(len(hold)))
 			prog.checkpoints.Add(1)
-			hold = hold[:0]
+			select {
+			case deliver <- hold:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			select {
+			case hold = <-free:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
 			if j.cp.Final {
+				// Done says delivered: wait for the last write.
+				if err := finishDelivery(); err != nil {
+					return err
+				}
 				f, err := marshalFrame(wire.TypeDone, &streamv1.Done{BytesDelivered: total, DigestVerified: true})
 				if err != nil {
 					return err
@@ -276,8 +355,14 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 	}
 	err = g.Wait()
 	workers.Wait()
+	if failed != nil && !errors.Is(err, ErrAborted) {
+		// The assembler's failure caused the cancellations the others saw.
+		err = failed
+	}
 	sum := prog.Snapshot()
+	sum.History = hist.sum
 	if finished.Load() && (err == nil || errors.Is(err, context.Canceled)) {
+		verified = true
 		return hello, sum, nil
 	}
 	if err == nil {
@@ -296,7 +381,7 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 	return hello, sum, err
 }
 
-func negotiate(h *streamv1.Hello, cfg DestConfig) (map[uint8]codec.Codec, BatchDecoder, error) {
+func negotiate(h *streamv1.Hello, cfg DestConfig, hooks PageHooks) (map[uint8]codec.Codec, BatchDecoder, error) {
 	if h.FrameVersion != wire.Version {
 		return nil, nil, fmt.Errorf("source speaks frame version %d, this host %d", h.FrameVersion, wire.Version)
 	}
@@ -320,27 +405,42 @@ func negotiate(h *streamv1.Hello, cfg DestConfig) (map[uint8]codec.Codec, BatchD
 			return nil, nil, errors.New("source uses the page stage, this host has none")
 		}
 		var err error
-		if dec, err = cfg.PageStage(h.PageStage); err != nil {
+		if dec, err = cfg.PageStage(h.PageStage, hooks); err != nil {
 			return nil, nil, fmt.Errorf("page stage: %w", err)
 		}
 	}
 	return codecs, dec, nil
 }
 
-func decompress(j *decodeJob, codecs map[uint8]codec.Codec) ([]byte, error) {
+// decompress returns the batch's compressible section, decompressed. A
+// plugin codec (codec.Leaser) decodes it in its shared memory and the
+// result stays there, in the returned Buffer, until the assembler has
+// rebuilt the batch from it; the assembler's one copy out is the only one.
+func decompress(j *decodeJob, codecs map[uint8]codec.Codec) ([]byte, codec.Buffer, error) {
 	if j.h.Codec == 0 {
-		return j.raw, nil
+		return j.raw, nil, nil
 	}
 	c, ok := codecs[j.h.Codec]
 	if !ok {
-		return nil, fmt.Errorf("batch at stream offset %d uses codec %d, not negotiated: %w", j.h.Offset, j.h.Codec, ErrProtocol)
+		return nil, nil, fmt.Errorf("batch at stream offset %d uses codec %d, not negotiated: %w", j.h.Offset, j.h.Codec, ErrProtocol)
 	}
-	out, err := c.Decode(make([]byte, 0, j.h.Raw), j.raw, int(j.h.Raw))
+	var out []byte
+	var buf codec.Buffer
+	var err error
+	if l, ok := c.(codec.Leaser); ok {
+		buf = l.Lease(len(j.raw))
+		out, err = buf.Decode(append(buf.Input(), j.raw...), int(j.h.Raw))
+	} else {
+		out, err = c.Decode(make([]byte, 0, j.h.Raw), j.raw, int(j.h.Raw))
+	}
+	if err == nil && len(out) != int(j.h.Raw) {
+		err = fmt.Errorf("decompressed to %d bytes, frame says %d: %w", len(out), j.h.Raw, ErrProtocol)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("decompress batch at stream offset %d: %w", j.h.Offset, err)
+		if buf != nil {
+			buf.Release()
+		}
+		return nil, nil, fmt.Errorf("decompress batch at stream offset %d: %w", j.h.Offset, err)
 	}
-	if len(out) != int(j.h.Raw) {
-		return nil, fmt.Errorf("batch at stream offset %d decompressed to %d bytes, frame says %d: %w", j.h.Offset, len(out), j.h.Raw, ErrProtocol)
-	}
-	return out, nil
+	return out, buf, nil
 }

@@ -18,8 +18,15 @@ type PageStage struct {
 func DefaultPageStage() *PageStage { return &PageStage{} }
 
 // NewBuilder starts a session's encoder.
-func (p *PageStage) NewBuilder() BatchBuilder {
-	enc, err := pagestage.NewEncoder(p.Options)
+func (p *PageStage) NewBuilder(h PageHooks) BatchBuilder {
+	opts := p.Options
+	if h.Known != nil {
+		opts.Known = h.Known
+	}
+	if h.Observer != nil {
+		opts.Observer = h.Observer
+	}
+	enc, err := pagestage.NewEncoder(opts)
 	return &pageBuilder{enc: enc, err: err}
 }
 
@@ -35,13 +42,14 @@ func (p *PageStage) Params() *streamv1.PageStageParams {
 }
 
 // PageStageDecoder is the destination's DecoderFactory.
-func PageStageDecoder(*streamv1.PageStageParams) (BatchDecoder, error) {
-	return &pageDecoder{dec: pagestage.NewDecoder(pagestage.DecoderOptions{})}, nil
+func PageStageDecoder(_ *streamv1.PageStageParams, h PageHooks) (BatchDecoder, error) {
+	return &pageDecoder{dec: pagestage.NewDecoder(pagestage.DecoderOptions{Known: h.Store, Observer: h.Observer})}, nil
 }
 
 type pageBuilder struct {
 	enc  *pagestage.Encoder
 	err  error
+	lent []byte    // the memory the encoder's current batch was started in by FlushInto
 	pool sync.Pool // *pagestage.Batch whose buffers are free again
 }
 
@@ -64,7 +72,11 @@ func (b *pageBuilder) Pending() int {
 	return b.enc.Pending()
 }
 
-func (b *pageBuilder) Flush() (Batch, error) {
+func (b *pageBuilder) Flush() (Batch, error) { return b.flush(nil, false) }
+
+func (b *pageBuilder) FlushInto(next []byte) (Batch, error) { return b.flush(next, true) }
+
+func (b *pageBuilder) flush(next []byte, lend bool) (Batch, error) {
 	if b.err != nil {
 		return Batch{}, b.err
 	}
@@ -78,13 +90,29 @@ func (b *pageBuilder) Flush() (Batch, error) {
 	if pb == nil {
 		pb = &pagestage.Batch{}
 	}
+	if lend {
+		pb.Compressible = next[:0]
+	}
 	if err := b.enc.Flush(pb); err != nil {
 		b.err = err
 		return Batch{}, fmt.Errorf("page stage: %w", err)
 	}
+	wasLent := b.lent
+	b.lent = nil
+	if lend {
+		b.lent = next
+	}
+	// Lent memory goes back to its lender, never into the pool, or the
+	// encoder would later write a batch into a slot someone else holds.
+	inLent := sameStart(pb.Compressible, wasLent)
 	return Batch{
 		Compressible: pb.Compressible, Stored: pb.Stored, Decoded: decoded, Pages: true,
-		Release: func() { b.pool.Put(pb) },
+		Release: func() {
+			if inLent {
+				pb.Compressible = nil
+			}
+			b.pool.Put(pb)
+		},
 	}, nil
 }
 
@@ -96,7 +124,8 @@ func (b *pageBuilder) Stats() PageStats {
 	return PageStats{
 		Pages:           s.Pages[pagestage.PageZero] + s.Pages[pagestage.PageDup] + s.Pages[pagestage.PageKnown] + s.Pages[pagestage.PageDelta] + s.Pages[pagestage.PageStored] + s.Pages[pagestage.PageFull],
 		Zero:            s.Pages[pagestage.PageZero],
-		Duplicate:       s.Pages[pagestage.PageDup] + s.Pages[pagestage.PageKnown],
+		Duplicate:       s.Pages[pagestage.PageDup],
+		Known:           s.Pages[pagestage.PageKnown],
 		Delta:           s.Pages[pagestage.PageDelta],
 		Full:            s.Pages[pagestage.PageFull],
 		Stored:          s.Pages[pagestage.PageStored],

@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"github.com/dwcp/dwcp/host/internal/pb/streamv1"
+	"github.com/dwcp/dwcp/host/pagestore"
 	"github.com/dwcp/dwcp/host/qemustream"
 	"github.com/dwcp/dwcp/host/wire"
+	"github.com/dwcp/dwcp/sdk/codec"
 	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
 )
@@ -84,6 +86,10 @@ type SourceConfig struct {
 	// stream, before any input is read (a migration starts QEMU's side
 	// only then).
 	Accepted func()
+	// History, when set, records the session in the host's page history
+	// and sends pages the destination holds from earlier sessions as
+	// references (QEMU streams through the page stage only).
+	History *History
 }
 
 // Summary reports a finished (or failed) transfer.
@@ -94,6 +100,7 @@ type Summary struct {
 	Checkpoints uint64
 	QEMU        bool // the stream was recognised as QEMU's
 	Pages       PageStats
+	History     HistorySummary
 	ReturnBytes uint64
 	Elapsed     time.Duration
 }
@@ -131,6 +138,19 @@ type job struct {
 	err     error
 	done    chan struct{}
 	release func()
+	// buf is the codec Buffer the batch was built in (nil: private
+	// memory), leased from codec bufCodec; whoever finishes the job
+	// with it releases it, as soon as the frame no longer needs it.
+	buf      codec.Buffer
+	bufCodec uint8
+}
+
+// releaseBuf gives the job's codec Buffer back, once.
+func (j *job) releaseBuf() {
+	if j.buf != nil {
+		j.buf.Release()
+		j.buf = nil
+	}
 }
 
 // Send reads in until EOF and carries it over c. It returns when the
@@ -176,17 +196,34 @@ func Send(ctx context.Context, in io.Reader, c Conn, cfg SourceConfig, prog *Pro
 		hello.Codecs = append(hello.Codecs, &streamv1.CodecOffer{Id: uint32(cd.ID), Algorithm: cd.Algorithm})
 	}
 	var builder BatchBuilder = &rawBuilder{}
-	if isQEMU && cfg.PageStage != nil {
-		builder = cfg.PageStage.NewBuilder()
+	pageStage := isQEMU && cfg.PageStage != nil
+	var histID pagestore.SessionID
+	if pageStage {
 		hello.PageStage = cfg.PageStage.Params()
+		if cfg.History != nil {
+			histID = cfg.History.offer(hello)
+		}
 	}
 	if cfg.Hello != nil {
 		cfg.Hello(hello)
 	}
-	if err := handshakeSource(ctx, c, hello); err != nil {
+	acc, err := handshakeSource(ctx, c, hello)
+	if err != nil {
 		cancel()
 		_ = g.Wait()
 		return prog.Snapshot(), err
+	}
+	// The history's known set is complete before the first page is
+	// encoded: the encoder asks it about every page.
+	var hist *sourceHistory
+	var hooks PageHooks
+	if histID != "" {
+		hooks, hist = cfg.History.start(histID, hello, acc, int(min(cfg.ExpectedLength/pagestore.PageSize, 1<<30)))
+	}
+	confirmedOK := false
+	defer func() { hist.finish(confirmedOK) }()
+	if pageStage {
+		builder = cfg.PageStage.NewBuilder(hooks)
 	}
 
 	if cfg.Accepted != nil {
@@ -196,6 +233,7 @@ func Send(ctx context.Context, in io.Reader, c Conn, cfg SourceConfig, prog *Pro
 	work := make(chan *job, cfg.Workers*2+2)
 	confirmed := make(chan struct{})
 	var aborted error // set by the incoming goroutine, read after Wait
+	var failed error  // set by the sender, read after Wait
 
 	// Compression workers.
 	var workers sync.WaitGroup
@@ -206,6 +244,7 @@ func Send(ctx context.Context, in io.Reader, c Conn, cfg SourceConfig, prog *Pro
 			var scratch []byte
 			for j := range work {
 				scratch = encodeJob(j, codecs, scratch)
+				j.releaseBuf()
 				close(j.done)
 			}
 		}()
@@ -214,7 +253,8 @@ func Send(ctx context.Context, in io.Reader, c Conn, cfg SourceConfig, prog *Pro
 	g.Go(func() error {
 		defer close(work)
 		defer close(order)
-		s := &segmenter{cfg: cfg, builder: builder, order: order, work: work, ctx: gctx, prog: prog, hasher: blake3.New()}
+		s := &segmenter{cfg: cfg, codecs: codecs, builder: builder, order: order, work: work, ctx: gctx, prog: prog, hasher: blake3.New()}
+		defer s.releaseBuf()
 		chunks.onStall = s.stall
 		var err error
 		if isQEMU {
@@ -228,8 +268,15 @@ func Send(ctx context.Context, in io.Reader, c Conn, cfg SourceConfig, prog *Pro
 		return s.finish()
 	})
 	// Sender: jobs in order -> frames on the connection.
-	g.Go(func() error {
+	g.Go(func() (err error) {
 		defer func() {
+			if err != nil {
+				// Stop the segmenter now: the group cancels only once
+				// this returns, after the drain below, and a live input
+				// would keep the drain going for as long as it flows.
+				failed = err
+				cancel()
+			}
 			// Drain so workers and the segmenter never block on us.
 			for j := range order {
 				<-j.done
@@ -303,16 +350,26 @@ func Send(ctx context.Context, in io.Reader, c Conn, cfg SourceConfig, prog *Pro
 			}
 		}
 	})
-	err := g.Wait()
+	err = g.Wait()
 	workers.Wait()
-	if aborted != nil {
+	switch {
+	case aborted != nil:
 		// The peer's reason explains whatever else broke first.
 		err = aborted
+	case failed != nil:
+		// The sender's failure caused the cancellations the others saw.
+		err = failed
 	}
 	sum := prog.Snapshot()
 	sum.Pages = builder.Stats()
+	if hist != nil {
+		sum.History = hist.sum
+	}
 	select {
 	case <-confirmed:
+		// The destination verified every byte: both hosts now hold the
+		// session's pages.
+		confirmedOK = true
 		return sum, nil
 	default:
 	}
@@ -351,28 +408,28 @@ func (cfg SourceConfig) withDefaults() SourceConfig {
 	return cfg
 }
 
-func handshakeSource(ctx context.Context, c Conn, hello *streamv1.Hello) error {
+func handshakeSource(ctx context.Context, c Conn, hello *streamv1.Hello) (*streamv1.Accept, error) {
 	f, err := marshalFrame(wire.TypeHello, hello)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := c.Send(ctx, f); err != nil {
-		return fmt.Errorf("send hello: %w", err)
+		return nil, fmt.Errorf("send hello: %w", err)
 	}
 	reply, err := c.Recv(ctx)
 	if err != nil {
-		return fmt.Errorf("wait for the destination's accept: %w", err)
+		return nil, fmt.Errorf("wait for the destination's accept: %w", err)
 	}
 	switch wire.TypeOf(reply) {
 	case wire.TypeAbort:
-		return abortError(reply)
+		return nil, abortError(reply)
 	case wire.TypeAccept:
 	default:
-		return fmt.Errorf("destination answered hello with a %s frame: %w", wire.TypeOf(reply), ErrProtocol)
+		return nil, fmt.Errorf("destination answered hello with a %s frame: %w", wire.TypeOf(reply), ErrProtocol)
 	}
 	var acc streamv1.Accept
 	if err := unmarshalFrame(reply, wire.TypeAccept, &acc); err != nil {
-		return err
+		return nil, err
 	}
 	ok := map[uint32]bool{}
 	for _, id := range acc.Codecs {
@@ -380,10 +437,10 @@ func handshakeSource(ctx context.Context, c Conn, hello *streamv1.Hello) error {
 	}
 	for _, o := range hello.Codecs {
 		if !ok[o.Id] {
-			return fmt.Errorf("destination %s cannot decode codec %s: %w", acc.Destination, o.Algorithm, ErrProtocol)
+			return nil, fmt.Errorf("destination %s cannot decode codec %s: %w", acc.Destination, o.Algorithm, ErrProtocol)
 		}
 	}
-	return nil
+	return &acc, nil
 }
 
 // encodeJob compresses a batch into its frame. scratch is the worker's
@@ -397,13 +454,20 @@ func encodeJob(j *job, codecs map[uint8]Codec, scratch []byte) []byte {
 	comp := raw
 	if cd, ok := codecs[j.choice.Codec]; ok && len(raw) > 0 {
 		t0 := time.Now()
-		out, err := cd.Codec.Encode(scratch[:0], raw, j.choice.Level)
+		var out []byte
+		var err error
+		if j.buf != nil && j.bufCodec == j.choice.Codec {
+			// Built in a Buffer of this codec: encoded in place, the
+			// output read where the codec wrote it.
+			out, err = j.buf.Encode(raw, j.choice.Level)
+		} else if out, err = cd.Codec.Encode(scratch[:0], raw, j.choice.Level); err == nil {
+			scratch = out
+		}
 		j.encode = time.Since(t0)
 		if err != nil {
 			j.err = fmt.Errorf("compress batch at stream offset %d with %s level %d: %w", j.batch.Offset, cd.Algorithm, j.choice.Level, err)
 			return scratch
 		}
-		scratch = out
 		// Keep compression only when it pays.
 		if len(out) < len(raw) {
 			comp = out
@@ -418,15 +482,20 @@ func encodeJob(j *job, codecs map[uint8]Codec, scratch []byte) []byte {
 // is called on that same goroutine, from inside a Read.
 type segmenter struct {
 	cfg     SourceConfig
+	codecs  map[uint8]Codec
 	builder BatchBuilder
-	order   chan<- *job
-	work    chan<- *job
-	ctx     context.Context
-	prog    *Progress
-	hasher  *blake3.Hasher
-	offset  uint64 // stream bytes emitted in batches
-	sinceCP int
-	err     error
+	// buf is the codec Buffer the builder is building the current batch
+	// in (nil: the builder's own memory), leased from codec bufCodec.
+	buf      codec.Buffer
+	bufCodec uint8
+	order    chan<- *job
+	work     chan<- *job
+	ctx      context.Context
+	prog     *Progress
+	hasher   *blake3.Hasher
+	offset   uint64 // stream bytes emitted in batches
+	sinceCP  int
+	err      error
 }
 
 func (s *segmenter) add(b []byte) {
@@ -436,29 +505,72 @@ func (s *segmenter) add(b []byte) {
 
 // emit closes the current batch into a job.
 func (s *segmenter) emit() error {
-	b, err := s.builder.Flush()
-	if err != nil {
-		return err
+	choice := s.cfg.Policy.Choose()
+	next := s.lease(choice)
+	var b Batch
+	var err error
+	if next != nil {
+		b, err = s.builder.(lendingBuilder).FlushInto(next.Input())
+	} else {
+		b, err = s.builder.Flush()
 	}
-	if b.Decoded == 0 {
-		return nil
+	if err != nil || b.Decoded == 0 {
+		if next != nil {
+			next.Release()
+		}
+		return err
 	}
 	b.Offset = s.offset
 	s.offset += uint64(b.Decoded)
 	s.sinceCP += b.Decoded
-	j := &job{choice: s.cfg.Policy.Choose(), batch: b, done: make(chan struct{}), release: b.Release}
+	j := &job{choice: choice, batch: b, done: make(chan struct{}), release: b.Release, buf: s.buf, bufCodec: s.bufCodec}
+	s.buf, s.bufCodec = next, choice.Codec
 	select {
 	case s.order <- j:
 	case <-s.ctx.Done():
+		j.releaseBuf()
 		return s.ctx.Err()
 	}
 	select {
 	case s.work <- j:
 	case <-s.ctx.Done():
+		j.releaseBuf()
 		close(j.done)
 		return s.ctx.Err()
 	}
 	return nil
+}
+
+// lease returns a codec Buffer to build the next batch in when the codec
+// just chosen offers them (a plugin codec: the batch is then built in its
+// shared memory and encoded in place) and the builder can build in lent
+// memory; nil otherwise. The next batch is likely to get the same choice;
+// when it does not, the worker encodes it from the Buffer by copying, as
+// from any other memory.
+func (s *segmenter) lease(choice Choice) codec.Buffer {
+	if s.builder.Pending() == 0 {
+		return nil
+	}
+	if _, ok := s.builder.(lendingBuilder); !ok {
+		return nil
+	}
+	l, ok := s.codecs[choice.Codec].Codec.(codec.Leaser)
+	if !ok {
+		return nil
+	}
+	// Room for a batch closed by size: BatchBytes plus the input chunk or
+	// page that crossed it and the page stage's records. A batch that
+	// outgrows it anyway (a large opaque item) is reallocated by append
+	// and encoded from there with one copy.
+	return l.Lease(s.cfg.BatchBytes + 128<<10)
+}
+
+// releaseBuf gives back the Buffer of a batch that will not be emitted.
+func (s *segmenter) releaseBuf() {
+	if s.buf != nil {
+		s.buf.Release()
+		s.buf = nil
+	}
 }
 
 func (s *segmenter) checkpoint(final bool) error {

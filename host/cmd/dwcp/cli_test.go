@@ -107,8 +107,15 @@ func (s *syncBuffer) String() string {
 
 func startServe(t *testing.T, bin, plugins, certs, outDir string) *server {
 	t.Helper()
+	return startServeEnv(t, bin, plugins, certs, outDir, "DWCP_STATE="+t.TempDir())
+}
+
+// startServeEnv starts serve with env added to the test's environment.
+func startServeEnv(t *testing.T, bin, plugins, certs, outDir string, env ...string) *server {
+	t.Helper()
 	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--once", "--certs", certs, "--name", "hostb",
 		"--out-dir", outDir, "--plugin-dir", plugins)
+	cmd.Env = append(os.Environ(), env...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

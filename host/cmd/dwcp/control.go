@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dwcp/dwcp/host/agent"
+	"github.com/dwcp/dwcp/host/pagestore"
 )
 
 // The control socket lets `dwcp migrate` hand a migration to the host's
@@ -106,6 +107,7 @@ func delegateMigration(ctx context.Context, sock string, req migrateRequest, log
 type controlServer struct {
 	ln    net.Listener
 	agent *agent.Agent
+	hist  *pagestore.Store // the daemon's page history, nil if none
 	log   func(format string, args ...any)
 	wg    sync.WaitGroup
 }
@@ -113,7 +115,7 @@ type controlServer struct {
 // listenControl creates the control socket at path. A socket that still
 // answers belongs to another daemon; one that does not is left over from
 // a crash and is replaced.
-func listenControl(path string, a *agent.Agent, log func(string, ...any)) (*controlServer, error) {
+func listenControl(path string, a *agent.Agent, hist *pagestore.Store, log func(string, ...any)) (*controlServer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
@@ -131,7 +133,7 @@ func listenControl(path string, a *agent.Agent, log func(string, ...any)) (*cont
 		ln.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	return &controlServer{ln: ln, agent: a, log: log}, nil
+	return &controlServer{ln: ln, agent: a, hist: hist, log: log}, nil
 }
 
 // serve accepts requests until ctx ends or Close; every handler it starts
@@ -214,7 +216,7 @@ func (c *controlServer) handle(ctx context.Context, conn net.Conn) {
 	defer conn.Close() // ends the watcher once the handler is done
 	r := *req.Migrate
 	c.log("migration of %s to %s requested over the control socket", r.QMP, r.To)
-	sum, err := runMigration(ctx, c.agent, r, out, setupSteps{})
+	sum, err := runMigration(ctx, c.agent, c.hist, r, out, setupSteps{})
 	if err != nil {
 		c.log("migration of %s to %s failed: %v", r.QMP, r.To, err)
 		_ = out.send(controlMessage{Error: err.Error()})

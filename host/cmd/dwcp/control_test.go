@@ -22,7 +22,7 @@ func TestControlSocket(t *testing.T) {
 	path := filepath.Join(dir, "state", controlSocketName)
 	var mu sync.Mutex
 	var logged []string
-	cs, err := listenControl(path, nil, func(f string, a ...any) { mu.Lock(); logged = append(logged, f); mu.Unlock() })
+	cs, err := listenControl(path, nil, nil, func(f string, a ...any) { mu.Lock(); logged = append(logged, f); mu.Unlock() })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func TestControlSocket(t *testing.T) {
 	if _, ok := daemonAvailable(path); !ok {
 		t.Fatal("a running daemon is not seen")
 	}
-	if _, err := listenControl(path, nil, nil); err == nil || !strings.Contains(err.Error(), "another dwcp serve") {
+	if _, err := listenControl(path, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "another dwcp serve") {
 		t.Fatalf("second daemon on the same socket: %v", err)
 	}
 
@@ -94,7 +94,7 @@ func TestStaleControlSocketIsReplaced(t *testing.T) {
 	if _, ok := daemonAvailable(path); ok {
 		t.Fatal("a dead socket file counts as a daemon")
 	}
-	cs, err := listenControl(path, nil, func(string, ...any) {})
+	cs, err := listenControl(path, nil, nil, func(string, ...any) {})
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
@@ -104,18 +104,40 @@ func TestStaleControlSocketIsReplaced(t *testing.T) {
 	}
 }
 
+func TestRateHigh(t *testing.T) {
+	var r rateHigh
+	t0 := time.Unix(1000, 0)
+	if got := r.observe(t0, 0); got != 0 {
+		t.Fatalf("first sample: %g", got)
+	}
+	if got := r.observe(t0.Add(500*time.Millisecond), 1e6); got != 0 {
+		t.Fatalf("under a second: %g, want nothing yet", got)
+	}
+	if got := r.observe(t0.Add(2*time.Second), 20e6); got != 10e6 {
+		t.Fatalf("20 MB in 2 s: %g, want 10e6", got)
+	}
+	if got := r.observe(t0.Add(4*time.Second), 22e6); got != 10e6 {
+		t.Fatalf("a slower interval lowered the high to %g", got)
+	}
+	if got := r.observe(t0.Add(5*time.Second), 5e6); got != 10e6 {
+		t.Fatalf("counters that went back: %g", got)
+	}
+}
+
 func TestMigrationWindow(t *testing.T) {
 	for _, c := range []struct {
-		rate float64 // bytes/s
-		rtt  time.Duration
-		want int64
+		rate    float64 // bytes/s
+		carried float64 // bytes/s
+		rtt     time.Duration
+		want    int64
 	}{
-		{12.5e6, 60 * time.Millisecond, 3_000_000}, // 100 Mbit/s internet: 4 BDP
-		{500e6, 500 * time.Microsecond, 2 << 20},   // datacenter: the floor
-		{125e6, 200 * time.Millisecond, 16 << 20},  // long fat path: the transport's window
-		{0, 0, 2 << 20}, // nothing known yet
+		{12.5e6, 0, 60 * time.Millisecond, 3_000_000},     // 100 Mbit/s internet: 4 BDP
+		{500e6, 0, 500 * time.Microsecond, 2 << 20},       // datacenter: the floor
+		{125e6, 0, 200 * time.Millisecond, 16 << 20},      // long fat path: the transport's window
+		{0, 0, 0, 2 << 20},                                // nothing known yet
+		{1.7e6, 12.5e6, 60 * time.Millisecond, 3_000_000}, // the estimate fell: what was carried holds the window
 	} {
-		if got := migrationWindow(modes.Path{Bandwidth: c.rate, RTT: c.rtt}); got != c.want {
+		if got := migrationWindow(modes.Path{Bandwidth: c.rate, RTT: c.rtt}, c.carried); got != c.want {
 			t.Errorf("rate %g RTT %s: window %d, want %d", c.rate, c.rtt, got, c.want)
 		}
 	}

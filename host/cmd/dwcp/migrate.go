@@ -11,6 +11,7 @@ import (
 	"github.com/dwcp/dwcp/host/agent"
 	"github.com/dwcp/dwcp/host/migrate"
 	"github.com/dwcp/dwcp/host/modes"
+	"github.com/dwcp/dwcp/host/pagestore"
 	"github.com/dwcp/dwcp/host/pipeline"
 	"github.com/dwcp/dwcp/sdk"
 	"github.com/dwcp/dwcp/sdk/hypervisor"
@@ -35,7 +36,8 @@ type migrateSummary struct {
 	Passes             uint64  `json:"passes"`
 	Reconnects         uint64  `json:"reconnects"`
 	pipeline.PageStats `json:"pages"`
-	Controller         string `json:"controller"`
+	History            pipeline.HistorySummary `json:"history"`
+	Controller         string                  `json:"controller"`
 	// Switchover is the downtime's timeline, ms after the source stopped.
 	Switchover switchoverMs `json:"switchover_ms"`
 	// Setup is the time before the migration started, ms.
@@ -52,17 +54,46 @@ type switchoverMs struct {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // effectiveRate is the stream rate the path carries: the link's rate times
-// the compression ratio seen so far (3 before any data), with 25 %
-// headroom so that QEMU is never the bottleneck, and at least 1 MiB/s.
+// the compression ratio seen so far, with 25 % headroom so that QEMU is
+// never the bottleneck, and at least 1 MiB/s. Before the first MiB on the
+// wire there is no ratio to go by and no figure (0): QEMU keeps the
+// unlimited rate it starts with, and the send window alone bounds what
+// DWCP queues. A guessed ratio was wrong both ways: 3 throttled a
+// migration whose pages the destination already held (ratio 17) to a
+// fifth of what the path carried, for the two seconds until the first
+// correction.
 func effectiveRate(link float64, s pipeline.Summary) uint64 {
-	if link <= 0 {
+	if link <= 0 || s.WireBytes <= 1<<20 {
 		return 0
 	}
-	ratio := 3.0
-	if s.WireBytes > 1<<20 {
-		ratio = s.Ratio()
-	}
+	ratio := s.Ratio()
 	return max(uint64(link*ratio*1.25), 1<<20)
+}
+
+// rateHigh is the highest wire rate a session has carried over any
+// sampling interval of at least a second: a figure that only grows, so that
+// what is derived from it (the send window, QEMU's max-bandwidth) cannot
+// shrink what the session carries next.
+type rateHigh struct {
+	mu    sync.Mutex
+	at    time.Time
+	bytes uint64
+	high  float64
+}
+
+// observe records the session's wire bytes so far at now and returns the
+// highest rate (bytes/s) seen.
+func (r *rateHigh) observe(now time.Time, wire uint64) float64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.at.IsZero() || wire < r.bytes:
+		r.at, r.bytes = now, wire
+	case now.Sub(r.at) >= time.Second:
+		r.high = max(r.high, float64(wire-r.bytes)/now.Sub(r.at).Seconds())
+		r.at, r.bytes = now, wire
+	}
+	return r.high
 }
 
 // migrateRequest is one outgoing migration as `dwcp migrate` asks for it:
@@ -84,6 +115,8 @@ type migrateRequest struct {
 	// caller's terminal redraws one progress line.
 	Quiet bool `json:"quiet,omitempty"`
 	TTY   bool `json:"tty,omitempty"`
+	// NoHistory: neither use nor extend the page history (--history=false).
+	NoHistory bool `json:"no_history,omitempty"`
 }
 
 func (r migrateRequest) validate() error {
@@ -105,10 +138,11 @@ func (r migrateRequest) validate() error {
 }
 
 // runMigration runs one outgoing migration, described by a request its
-// caller has validated, with the host's agent a and returns its summary.
+// caller has validated, with the host's agent a and page history hist (nil:
+// none) and returns its summary.
 // Progress and notable events go to log (unless req.Quiet). Setup steps
 // measured before the call come in steps.
-func runMigration(ctx context.Context, a *agent.Agent, req migrateRequest, log io.Writer, steps setupSteps) (migrateSummary, error) {
+func runMigration(ctx context.Context, a *agent.Agent, hist *pagestore.Store, req migrateRequest, log io.Writer, steps setupSteps) (migrateSummary, error) {
 	if req.Quiet {
 		log = io.Discard
 	}
@@ -133,10 +167,17 @@ func runMigration(ctx context.Context, a *agent.Agent, req migrateRequest, log i
 		Mode: plan.Mode.String(), Params: params, MaxDuration: req.MaxTime, Progress: &pipeline.Progress{},
 		PageStage: plan.PageStage(),
 	}
-	opts.SendWindow = func() int64 { return migrationWindow(plan.Controller.Path()) }
+	opts.History = historyFor(plan, opts.PageStage, hist, sess.PeerName(), req.NoHistory)
+	carried := &rateHigh{}
+	opts.SendWindow = func() int64 {
+		return migrationWindow(plan.Controller.Path(), carried.observe(time.Now(), opts.Progress.Snapshot().WireBytes))
+	}
 	if req.MaxBandwidth == 0 {
 		opts.Params.MaxBandwidth = 10 << 30
-		opts.EffectiveRate = func() uint64 { return effectiveRate(plan.Controller.Path().Bandwidth, opts.Progress.Snapshot()) }
+		opts.EffectiveRate = func() uint64 {
+			link := max(plan.Controller.Path().Bandwidth, carried.observe(time.Now(), opts.Progress.Snapshot().WireBytes))
+			return effectiveRate(link, opts.Progress.Snapshot())
+		}
 	}
 	var mu sync.Mutex
 	var last hypervisor.Status
@@ -146,9 +187,9 @@ func runMigration(ctx context.Context, a *agent.Agent, req migrateRequest, log i
 		st := last
 		mu.Unlock()
 		cs := plan.Controller.Status()
-		return fmt.Sprintf("pass %d, QEMU %s: %s sent %s left, dirty %d pages/s, expected downtime %d ms, mode %s, %s",
+		return fmt.Sprintf("pass %d, QEMU %s: %s sent %s left, dirty %d pages/s, expected downtime %d ms, mode %s, %s, %d streams",
 			st.DirtySyncCount, st.State, bytesString(st.TransferredBytes), bytesString(st.RemainingBytes),
-			st.DirtyPagesRate, st.ExpectedDowntime.Milliseconds(), cs.Mode, cs.Step)
+			st.DirtyPagesRate, st.ExpectedDowntime.Milliseconds(), cs.Mode, cs.Step, sess.Stats().Streams)
 	})
 	opts.OnEvent = func(s string) { fmt.Fprintf(log, "\r\033[K%s\n", s) }
 	res, err := migrate.Source(ctx, sess, hv, opts)
@@ -168,7 +209,7 @@ func runMigration(ctx context.Context, a *agent.Agent, req migrateRequest, log i
 		Controller:   plan.Controller.Summary(),
 		TotalSeconds: res.Total.Seconds(), DowntimeMs: float64(res.Downtime.Microseconds()) / 1000,
 		QEMUDowntimeMs: float64(res.Source.Downtime.Microseconds()) / 1000, GuestRAM: res.VM.MemoryBytes,
-		StreamBytes: p.BytesIn, WireBytes: p.WireBytes, Passes: res.Passes, Reconnects: sess.Stats().Reconnects, PageStats: p.Pages,
+		StreamBytes: p.BytesIn, WireBytes: p.WireBytes, Passes: res.Passes, Reconnects: sess.Stats().Reconnects, PageStats: p.Pages, History: p.History,
 		Switchover: switchoverMs{SourceCompleted: ms(res.Switchover.SourceCompleted), StreamDone: ms(res.Switchover.StreamDone),
 			DestinationRunning: ms(res.Switchover.DestinationRunning), ResultReceived: ms(res.Switchover.ResultReceived)},
 		Setup: steps,
@@ -190,8 +231,15 @@ func runMigration(ctx context.Context, a *agent.Agent, req migrateRequest, log i
 // the link (migration 6.2-10.8 s, downtime 130-300 ms), 16 MiB ran 3.2-4.5 s
 // with downtime 305-500 ms (and above QEMU's own in earlier runs), 4 BDP
 // 4.0-5.8 s with 370-400 ms.
-func migrationWindow(p modes.Path) int64 {
-	bdp := p.Bandwidth * p.RTT.Seconds()
+//
+// The bandwidth is the larger of the path estimate and the highest rate
+// this session has carried (rateHigh), never the estimate alone: under
+// load the estimate can fall (a receiver slow to acknowledge reads as a
+// slow link), a smaller window then carries less, and the estimate falls
+// again. Seen in the lab on a loaded machine: the estimate spiralled from
+// 88 to 13.7 Mbit/s on a 100 Mbit/s link.
+func migrationWindow(p modes.Path, carried float64) int64 {
+	bdp := max(p.Bandwidth, carried) * p.RTT.Seconds()
 	return int64(min(max(4*bdp, 2<<20), 16<<20))
 }
 
@@ -216,12 +264,15 @@ func printMigrateSummary(w io.Writer, to string, out migrateSummary) {
 	fmt.Fprintf(w, "%s\n", out.Controller)
 	fmt.Fprintf(w, "on the wire %s: %.1f%% of guest RAM (%s), %.1f%% of what QEMU alone sends (%s); %d reconnects\n",
 		bytesString(out.WireBytes), 100*out.VsRAM, bytesString(out.GuestRAM), 100*out.VsQEMUStream, bytesString(out.StreamBytes), out.Reconnects)
+	if l := historyLine(out.History, out.Known); l != "" {
+		fmt.Fprintln(w, l)
+	}
 }
 
 func newMigrateCommand() *cobra.Command {
 	var hf hostFlags
 	var req migrateRequest
-	var asJSON, local bool
+	var asJSON, local, history bool
 	var control string
 	cmd := &cobra.Command{
 		Use:   "migrate --qmp SOCKET --to HOST:PORT",
@@ -239,7 +290,7 @@ func newMigrateCommand() *cobra.Command {
 			if !cmd.Flags().Changed("max-bandwidth") {
 				req.MaxBandwidth = 0
 			}
-			req.Quiet, req.TTY = asJSON, isTerminal(cmd.ErrOrStderr())
+			req.Quiet, req.TTY, req.NoHistory = asJSON, isTerminal(cmd.ErrOrStderr()), !history
 			if err := req.validate(); err != nil {
 				return err
 			}
@@ -257,7 +308,13 @@ func newMigrateCommand() *cobra.Command {
 				}
 				defer a.Close()
 				log := cmd.ErrOrStderr()
-				out, err = runMigration(ctx, a, req, log, setupSteps{BeforeMigrationMs: msSince(t0)})
+				var hist *pagestore.Store
+				if !req.NoHistory {
+					if hist = hf.openHistory(log); hist != nil {
+						defer hist.Close()
+					}
+				}
+				out, err = runMigration(ctx, a, hist, req, log, setupSteps{BeforeMigrationMs: msSince(t0)})
 				out.Setup.PluginsMs = float64(a.PluginsLoadTime().Microseconds()) / 1000
 			}
 			if err != nil {
@@ -284,6 +341,7 @@ func newMigrateCommand() *cobra.Command {
 	cmd.Flags().IntVar(&req.Streams, "streams", 4, "TCP connections")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
 	cmd.Flags().BoolVar(&local, "local", false, "run the migration in this process even when the host's dwcp serve runs")
+	cmd.Flags().BoolVar(&history, "history", true, "use and extend the page history with this peer: pages it holds from earlier migrations go as references (internet and hybrid modes)")
 	cmd.Flags().StringVar(&control, "control", "", "the host's dwcp serve control socket (default: STATE_DIR/control.sock)")
 	_ = cmd.MarkFlagRequired("qmp")
 	_ = cmd.MarkFlagRequired("to")

@@ -14,6 +14,8 @@ import (
 	"github.com/dwcp/dwcp/host/agent"
 	"github.com/dwcp/dwcp/host/internal/pb/streamv1"
 	"github.com/dwcp/dwcp/host/migrate"
+	"github.com/dwcp/dwcp/host/modes"
+	"github.com/dwcp/dwcp/host/pagestore"
 	"github.com/dwcp/dwcp/host/pipeline"
 	"github.com/dwcp/dwcp/host/transport"
 	"github.com/dwcp/dwcp/sdk"
@@ -30,6 +32,8 @@ type hostFlags struct {
 	stateDir  string
 	overrides string
 	verbose   bool
+	// historyLimit bounds the page history (STATE-DIR/pages); 0 turns it off.
+	historyLimit sizeValue
 }
 
 // defaultStateDir is $DWCP_STATE, else ~/.local/state/dwcp.
@@ -59,6 +63,14 @@ func (h *hostFlags) register(cmd *cobra.Command) {
 	cmd.Flags().BoolVarP(&h.verbose, "verbose", "v", false, "log plugin and transport details to stderr")
 	cmd.Flags().StringVar(&h.stateDir, "state-dir", defaultStateDir(), "where path measurements per peer are kept between sessions ($DWCP_STATE)")
 	cmd.Flags().StringVar(&h.overrides, "overrides", "", "mode overrides file: per-peer or global mode, thresholds (default: STATE-DIR/overrides.json if present)")
+	h.historyLimit = sizeValue(pagestore.DefaultLimit)
+	cmd.Flags().Var(&h.historyLimit, "history-limit", "disk space for the page history in STATE-DIR/pages, pages of earlier migrations with each peer that later ones need not send again (0: no history)")
+}
+
+// openHistory opens the host's page history as the flags say, or returns
+// nil.
+func (h *hostFlags) openHistory(log io.Writer) *pagestore.Store {
+	return openHistory(h.stateDir, int64(h.historyLimit), log)
 }
 
 func (h *hostFlags) open(ctx context.Context, stderr io.Writer, kinds ...sdk.Kind) (*agent.Agent, error) {
@@ -77,31 +89,32 @@ func (h *hostFlags) open(ctx context.Context, stderr io.Writer, kinds ...sdk.Kin
 
 // sendSummary is what `dwcp send` reports.
 type sendSummary struct {
-	Name        string             `json:"name"`
-	BytesIn     uint64             `json:"bytes_in"`
-	WireBytes   uint64             `json:"bytes_on_wire"`
-	Ratio       float64            `json:"ratio"`
-	Savings     float64            `json:"savings_percent"`
-	Seconds     float64            `json:"seconds"`
-	Throughput  float64            `json:"throughput_bytes_per_second"`
-	QEMU        bool               `json:"qemu_stream"`
-	Codec       string             `json:"codec"`
-	Level       int                `json:"level"`
-	PageStage   bool               `json:"page_stage"`
-	Reconnects  uint64             `json:"reconnects"`
-	TCPBytes    uint64             `json:"tcp_bytes_sent"`
-	Batches     uint64             `json:"batches"`
-	Checkpoints uint64             `json:"checkpoints"`
-	Pages       pipeline.PageStats `json:"pages"`
-	Mode        string             `json:"mode"`
-	Decisions   string             `json:"controller"`
+	Name        string                  `json:"name"`
+	BytesIn     uint64                  `json:"bytes_in"`
+	WireBytes   uint64                  `json:"bytes_on_wire"`
+	Ratio       float64                 `json:"ratio"`
+	Savings     float64                 `json:"savings_percent"`
+	Seconds     float64                 `json:"seconds"`
+	Throughput  float64                 `json:"throughput_bytes_per_second"`
+	QEMU        bool                    `json:"qemu_stream"`
+	Codec       string                  `json:"codec"`
+	Level       int                     `json:"level"`
+	PageStage   bool                    `json:"page_stage"`
+	Reconnects  uint64                  `json:"reconnects"`
+	TCPBytes    uint64                  `json:"tcp_bytes_sent"`
+	Batches     uint64                  `json:"batches"`
+	Checkpoints uint64                  `json:"checkpoints"`
+	Pages       pipeline.PageStats      `json:"pages"`
+	History     pipeline.HistorySummary `json:"history"`
+	Mode        string                  `json:"mode"`
+	Decisions   string                  `json:"controller"`
 }
 
 func newSendCommand() *cobra.Command {
 	var hf hostFlags
 	var to, peerName, codecName, pageStage, mode string
 	var level, streams int
-	var asJSON bool
+	var asJSON, history bool
 	cmd := &cobra.Command{
 		Use:   "send FILE|- --to HOST:PORT",
 		Short: "Send a file or stream (a saved VM state, a checkpoint) to a peer's `dwcp serve`",
@@ -161,6 +174,12 @@ func newSendCommand() *cobra.Command {
 			if pageStage == "on" {
 				cfg.Kind = pipeline.KindQEMU
 			}
+			if cfg.PageStage != nil && history && plan.Mode != modes.Datacenter {
+				if st := hf.openHistory(cmd.ErrOrStderr()); st != nil {
+					defer st.Close()
+					cfg.History = historyFor(plan, cfg.PageStage, st, sess.PeerName(), false)
+				}
+			}
 			prog := &pipeline.Progress{}
 			bar := startProgress(cmd.ErrOrStderr(), isTerminal(cmd.ErrOrStderr()), size, prog.Snapshot, func() string {
 				if st := sess.Stats(); st.Reconnects > 0 {
@@ -185,6 +204,7 @@ func newSendCommand() *cobra.Command {
 				Seconds: sum.Elapsed.Seconds(), QEMU: sum.QEMU, Level: choice.Level, PageStage: cfg.PageStage != nil && sum.QEMU,
 				Mode: plan.Mode.String(), Decisions: plan.Controller.Summary(),
 				Reconnects: st.Reconnects, TCPBytes: st.WireBytesSent, Batches: sum.Batches, Checkpoints: sum.Checkpoints, Pages: sum.Pages,
+				History: sum.History,
 			}
 			out.Codec = codecLabel(codecs, choice.Codec)
 			if sum.BytesIn > 0 {
@@ -208,7 +228,10 @@ func newSendCommand() *cobra.Command {
 			}
 			if out.PageStage {
 				p := out.Pages
-				fmt.Fprintf(w, "pages %d: zero %d, duplicate %d, delta %d, full %d, stored %d\n", p.Pages, p.Zero, p.Duplicate, p.Delta, p.Full, p.Stored)
+				fmt.Fprintf(w, "pages %d: zero %d, duplicate %d, known %d, delta %d, full %d, stored %d\n", p.Pages, p.Zero, p.Duplicate, p.Known, p.Delta, p.Full, p.Stored)
+			}
+			if l := historyLine(out.History, out.Pages.Known); l != "" {
+				fmt.Fprintln(w, l)
 			}
 			return nil
 		},
@@ -222,6 +245,7 @@ func newSendCommand() *cobra.Command {
 	cmd.Flags().StringVar(&pageStage, "page-stage", "auto", "page stage for QEMU streams: auto (as the mode says), on (treat input as QEMU), off")
 	cmd.Flags().IntVar(&streams, "streams", 4, "TCP connections")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
+	cmd.Flags().BoolVar(&history, "history", true, "use and extend the page history with this peer (internet and hybrid modes)")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
 }
@@ -320,12 +344,18 @@ func newServeCommand() *cobra.Command {
 				return err
 			}
 			defer l.Close()
+			// The daemon holds the page history for every session it
+			// serves and every migration it runs for `dwcp migrate`.
+			hist := hf.openHistory(cmd.ErrOrStderr())
+			if hist != nil {
+				defer hist.Close()
+			}
 			explicit := control != ""
 			if !explicit && !once {
 				control = controlSocketPath(hf.stateDir)
 			}
 			if control != "" && control != "none" {
-				cs, err := listenControl(control, a, func(format string, args ...any) {
+				cs, err := listenControl(control, a, hist, func(format string, args ...any) {
 					fmt.Fprintf(cmd.OutOrStdout(), "dwcp serve: "+format+"\n", args...)
 				})
 				switch {
@@ -349,7 +379,7 @@ func newServeCommand() *cobra.Command {
 					}
 					return err
 				}
-				err = receiveOne(ctx, cmd, a, sess, outDir, byAlgo)
+				err = receiveOne(ctx, cmd, a, hist, sess, outDir, byAlgo)
 				if err != nil {
 					fmt.Fprintf(cmd.ErrOrStderr(), "dwcp serve: session from %s failed: %v\n", sess.PeerName(), err)
 				}
@@ -370,7 +400,7 @@ func newServeCommand() *cobra.Command {
 // receiveOne serves one session: a migration, or a stream into outDir.
 // Sessions are served one at a time: a migration needs the host's cores
 // more than a second one does.
-func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, sess *transport.Session, outDir string, codecs map[string]codec.Codec) error {
+func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, hist *pagestore.Store, sess *transport.Session, outDir string, codecs map[string]codec.Codec) error {
 	defer sess.Close()
 	var final string
 	logf := func(format string, args ...any) {
@@ -405,6 +435,9 @@ func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, sess *t
 			}, nil
 		},
 	}
+	if hist != nil {
+		opts.History = &pipeline.History{Store: hist, Peer: sess.PeerName()}
+	}
 	conn, err := agent.AnswerProbe(ctx, sess)
 	if err != nil {
 		return err
@@ -417,6 +450,9 @@ func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, sess *t
 	_ = sess.CloseWrite(cctx)
 	cancel()
 	sum := res.Pipeline
+	if l := historyLine(sum.History, 0); l != "" {
+		logf("%s", l)
+	}
 	if res.VM != "" {
 		logf("migration %s from %s complete: VM %s running here; %s, %s on the wire (%.2fx), %.2f s",
 			res.Hello.MigrationId, sess.PeerName(), res.VM, bytesString(sum.BytesIn), bytesString(sum.WireBytes), sum.Ratio(), sum.Elapsed.Seconds())

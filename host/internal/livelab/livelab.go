@@ -228,8 +228,11 @@ type Row struct {
 	// runs; the stream DWCP carried).
 	StreamBytes uint64 `json:"stream_bytes"`
 	Passes      uint64 `json:"passes"`
-	Heartbeat   string `json:"heartbeat"`
-	Note        string `json:"note,omitempty"`
+	// KnownPages is how many pages DWCP sent as references to its page
+	// history (pages the destination held from an earlier migration).
+	KnownPages uint64 `json:"known_pages,omitempty"`
+	Heartbeat  string `json:"heartbeat"`
+	Note       string `json:"note,omitempty"`
 }
 
 func (e *Env) linkBytes(from, to *wanlab.Host) uint64 {
@@ -249,6 +252,9 @@ type dwcpSummary struct {
 	StreamBytes    uint64  `json:"stream_bytes"`
 	WireBytes      uint64  `json:"bytes_on_wire"`
 	Passes         uint64  `json:"passes"`
+	Pages          struct {
+		Known uint64 `json:"Known"`
+	} `json:"pages"`
 }
 
 // DWCP migrates src from host `from` to host `to` with `dwcp migrate`
@@ -289,7 +295,7 @@ func (e *Env) DWCP(ctx context.Context, src *testguest.VM, from, to *wanlab.Host
 	}
 	row.Downtime = time.Duration(sum.DowntimeMs * float64(time.Millisecond))
 	row.QEMUDowntime = time.Duration(sum.QEMUDowntimeMs * float64(time.Millisecond))
-	row.StreamBytes, row.Passes = sum.StreamBytes, sum.Passes
+	row.StreamBytes, row.Passes, row.KnownPages = sum.StreamBytes, sum.Passes, sum.Pages.Known
 	// The source's harness monitor was rewritten into the destination's
 	// run directory as qmp1.sock; the driver keeps qmp.sock.
 	runDir := filepath.Dir(sum.Destination)

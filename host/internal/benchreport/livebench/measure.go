@@ -31,6 +31,12 @@ import (
 const (
 	methodDWCP  = "dwcp"
 	methodPlain = "plain"
+	// methodDWCPReturn is not run as such: it is the key under which a
+	// DWCP migration is kept when its destination held pages of the guest
+	// from an earlier trip (the migration sent some pages as references to
+	// DWCP's page history), so that first trips and return trips are
+	// never summarised together.
+	methodDWCPReturn = "dwcp-return"
 	// dwcpMode is the mode DWCP runs in: it detects the link itself.
 	dwcpMode = "auto"
 	// dirtyKBps is the guest's steady rewrite rate, as in the demo and
@@ -292,10 +298,14 @@ func runCell(ctx context.Context, env *benchreport.Env, profile string, memMiB i
 				}
 				continue
 			}
-			c.Settings[m] = append(c.Settings[m], readSettings(ctx, vm))
+			key := m
+			if m == methodDWCP && row.KnownPages > 0 {
+				key = methodDWCPReturn
+			}
+			c.Settings[key] = append(c.Settings[key], readSettings(ctx, vm))
 			vm.Close()
 			vm, at = next, to
-			rows[m] = row
+			rows[key] = row
 			env.Logf("livebench: %s:   %.1f s, downtime %d ms, %s on the link (%.2fx guest RAM), %s",
 				name, row.Total.Seconds(), row.Downtime.Milliseconds(), benchreport.FormatBytes(float64(row.WireBytes)),
 				float64(row.WireBytes)/float64(memMiB<<20), row.Heartbeat)
@@ -344,7 +354,9 @@ func migrate(ctx context.Context, lab *livelab.Env, vm *testguest.VM, from, to *
 func label(m string) string {
 	switch m {
 	case methodDWCP:
-		return "DWCP (mode " + dwcpMode + ")"
+		return "DWCP (mode " + dwcpMode + "), no page history"
+	case methodDWCPReturn:
+		return "DWCP (mode " + dwcpMode + "), with page history"
 	case "multifd-zstd":
 		return "QEMU multifd+zstd"
 	default:

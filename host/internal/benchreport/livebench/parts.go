@@ -98,7 +98,7 @@ func runInternet(ctx context.Context, env *benchreport.Env, s *benchreport.Secti
 		Columns: []string{"Profile", "Guest RAM", "Method", "Total time", "Time vs QEMU plain", "Downtime",
 			"Downtime vs QEMU plain", "Bytes on the link", "Bytes vs QEMU plain", "Bytes / guest RAM", "Guest after migration"}}
 	for _, c := range cells {
-		for _, m := range []string{methodDWCP, methodPlain} {
+		for _, m := range []string{methodDWCP, methodDWCPReturn, methodPlain} {
 			row := []benchreport.Cell{benchreport.Text(profileName(c)), benchreport.Textf("%d MiB", c.MemMiB), benchreport.Text(label(m))}
 			row = append(row, c.metricCells(m)...)
 			ram := float64(c.MemMiB)
@@ -109,12 +109,14 @@ func runInternet(ctx context.Context, env *benchreport.Env, s *benchreport.Secti
 	s.Add(t)
 
 	var cats []string
-	var dwcpT, plainT, dwcpB, plainB []float64
+	var dwcpT, returnT, plainT, dwcpB, returnB, plainB []float64
 	for _, c := range cells {
 		cats = append(cats, fmt.Sprintf("%s %d MiB", profileName(c), c.MemMiB))
 		dwcpT = append(dwcpT, median(c.samples(methodDWCP, seconds)))
+		returnT = append(returnT, median(c.samples(methodDWCPReturn, seconds)))
 		plainT = append(plainT, median(c.samples(methodPlain, seconds)))
 		dwcpB = append(dwcpB, median(c.samples(methodDWCP, wireMiB)))
+		returnB = append(returnB, median(c.samples(methodDWCPReturn, wireMiB)))
 		plainB = append(plainB, median(c.samples(methodPlain, wireMiB)))
 	}
 	runs := runsPerCell(env)
@@ -122,11 +124,11 @@ func runInternet(ctx context.Context, env *benchreport.Env, s *benchreport.Secti
 		How: fmt.Sprintf("Median total migration time of %d run(s) per bar (table %q has min–max); "+
 			"DWCP (mode %s) and QEMU plain migrated the same booted guest in the same lab, one after the other.", runs, TableInternet, dwcpMode),
 		Chart: &benchreport.BarChart{Title: "Live migration time (lower is better)", YLabel: "seconds (median)", Categories: cats,
-			Series: []benchreport.Series{{Name: label(methodDWCP), Values: dwcpT}, {Name: label(methodPlain), Values: plainT}}}})
+			Series: []benchreport.Series{{Name: label(methodDWCP), Values: dwcpT}, {Name: label(methodDWCPReturn), Values: returnT}, {Name: label(methodPlain), Values: plainT}}}})
 	addFigure(s, cells, &benchreport.Figure{Title: "Bytes on the link by link profile and guest size", File: FigInternetBytes,
 		How: fmt.Sprintf("Median IP bytes from source to destination counted by the WAN lab, %d run(s) per bar, same migrations as %q.", runs, TableInternet),
 		Chart: &benchreport.BarChart{Title: "Bytes on the link per migration (lower is better)", YLabel: "MiB (median)", Categories: cats,
-			Series: []benchreport.Series{{Name: label(methodDWCP), Values: dwcpB}, {Name: label(methodPlain), Values: plainB}}}})
+			Series: []benchreport.Series{{Name: label(methodDWCP), Values: dwcpB}, {Name: label(methodDWCPReturn), Values: returnB}, {Name: label(methodPlain), Values: plainB}}}})
 	return errors.Join(errs...)
 }
 
@@ -137,7 +139,7 @@ func runNative(ctx context.Context, env *benchreport.Env, s *benchreport.Section
 			order = append(order, n)
 		}
 	}
-	order = append(order, methodDWCP)
+	order = append(order, methodDWCP, methodDWCPReturn)
 	size := nativeSize(env)
 
 	var cells []*cell
@@ -168,7 +170,7 @@ func runNative(ctx context.Context, env *benchreport.Env, s *benchreport.Section
 			settings := benchreport.Missing("not measured")
 			if len(c.Settings[m]) > 0 {
 				text := renderSettings(c.Settings[m])
-				if m == methodDWCP {
+				if m == methodDWCP || m == methodDWCPReturn {
 					text = "dwcp migrate --mode " + dwcpMode + "; source QEMU: " + text
 				}
 				settings = benchreport.Text(text)
@@ -251,6 +253,8 @@ func (c *cell) why(m string) string {
 		return c.Missing
 	case c.Failed[m] != "":
 		return "failed: " + c.Failed[m]
+	case m == methodDWCPReturn && len(c.samples(methodDWCP, seconds)) > 0:
+		return "no DWCP migration of this guest found its pages at the destination (a first trip only)"
 	default:
 		return "not measured: an earlier migration of this guest failed"
 	}
@@ -352,7 +356,10 @@ const methodHow = "Each migration is checked: the destination runs, the guest's 
 	"stop event to the destination's report that its VM runs); for QEMU's methods both QEMUs are polled " +
 	"(source leaves running -> destination running). Bytes on the link: IP packets source -> destination " +
 	"counted by the lab (payload, TLS, TCP/IP headers, retransmissions). Ratios are taken per run against " +
-	"QEMU plain of the same run, then summarised as median (min–max, n)."
+	"QEMU plain of the same run, then summarised as median (min–max, n). DWCP keeps a page history per peer " +
+	"(docs/pagestore.md): a DWCP migration whose destination held pages of this guest from an earlier trip " +
+	"(it sent at least one page as a reference to them) is a row of its own, \"with page history\"; " +
+	"\"no page history\" rows are migrations that found none (the guest's first trip to that host)."
 
 func internetHow(env *benchreport.Env, cells []*cell) string {
 	var plain [][]setting

@@ -286,8 +286,18 @@ type Hello struct {
 	DestinationConfig []byte `protobuf:"bytes,11,opt,name=destination_config,json=destinationConfig,proto3" json:"destination_config,omitempty"`
 	// The hypervisor plugin that understands destination_config ("qemu").
 	DestinationHypervisor string `protobuf:"bytes,12,opt,name=destination_hypervisor,json=destinationHypervisor,proto3" json:"destination_hypervisor,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// The id under which both hosts record this session's pages in their page
+	// history (docs/pagestore.md); empty: the source records nothing. Only
+	// with a page stage.
+	HistorySession string `protobuf:"bytes,13,opt,name=history_session,json=historySession,proto3" json:"history_session,omitempty"`
+	// The source can send pages the destination holds from earlier sessions
+	// as references: it wants the destination's held sessions in the accept.
+	History bool `protobuf:"varint,14,opt,name=history,proto3" json:"history,omitempty"`
+	// The most distinct pages the source's history can record of this
+	// session (0: it records none).
+	HistoryMaxPages uint64 `protobuf:"varint,15,opt,name=history_max_pages,json=historyMaxPages,proto3" json:"history_max_pages,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -404,18 +414,113 @@ func (x *Hello) GetDestinationHypervisor() string {
 	return ""
 }
 
-type Accept struct {
+func (x *Hello) GetHistorySession() string {
+	if x != nil {
+		return x.HistorySession
+	}
+	return ""
+}
+
+func (x *Hello) GetHistory() bool {
+	if x != nil {
+		return x.History
+	}
+	return false
+}
+
+func (x *Hello) GetHistoryMaxPages() uint64 {
+	if x != nil {
+		return x.HistoryMaxPages
+	}
+	return 0
+}
+
+// HeldSession names a session of the page history, as both hosts recorded
+// it: they use it only when id, page count and index digest all match.
+type HeldSession struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Codec ids the destination can decode; every offered id must be here.
-	Codecs        []uint32 `protobuf:"varint,1,rep,packed,name=codecs,proto3" json:"codecs,omitempty"`
-	Destination   string   `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Pages uint64                 `protobuf:"varint,2,opt,name=pages,proto3" json:"pages,omitempty"`
+	// xxh3-128 of the session's page index: 16 bytes, high half first.
+	IndexDigest   []byte `protobuf:"bytes,3,opt,name=index_digest,json=indexDigest,proto3" json:"index_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
+func (x *HeldSession) Reset() {
+	*x = HeldSession{}
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeldSession) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeldSession) ProtoMessage() {}
+
+func (x *HeldSession) ProtoReflect() protoreflect.Message {
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeldSession.ProtoReflect.Descriptor instead.
+func (*HeldSession) Descriptor() ([]byte, []int) {
+	return file_dwcp_stream_v1_stream_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HeldSession) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *HeldSession) GetPages() uint64 {
+	if x != nil {
+		return x.Pages
+	}
+	return 0
+}
+
+func (x *HeldSession) GetIndexDigest() []byte {
+	if x != nil {
+		return x.IndexDigest
+	}
+	return nil
+}
+
+type Accept struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Codec ids the destination can decode; every offered id must be here.
+	Codecs      []uint32 `protobuf:"varint,1,rep,packed,name=codecs,proto3" json:"codecs,omitempty"`
+	Destination string   `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	// The destination records this session under hello.history_session, at
+	// most history_max_pages distinct pages (no more than the hello's): both
+	// hosts stop at the same page, so a session too large for either
+	// history is still the same session on both.
+	History bool `protobuf:"varint,3,opt,name=history,proto3" json:"history,omitempty"`
+	// Sessions the destination holds with this source and resolves
+	// references from for the length of this session (only when
+	// hello.history). Old destinations send none: the source then sends
+	// every page itself.
+	HeldSessions    []*HeldSession `protobuf:"bytes,4,rep,name=held_sessions,json=heldSessions,proto3" json:"held_sessions,omitempty"`
+	HistoryMaxPages uint64         `protobuf:"varint,5,opt,name=history_max_pages,json=historyMaxPages,proto3" json:"history_max_pages,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
 func (x *Accept) Reset() {
 	*x = Accept{}
-	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[3]
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -427,7 +532,7 @@ func (x *Accept) String() string {
 func (*Accept) ProtoMessage() {}
 
 func (x *Accept) ProtoReflect() protoreflect.Message {
-	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[3]
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -440,7 +545,7 @@ func (x *Accept) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Accept.ProtoReflect.Descriptor instead.
 func (*Accept) Descriptor() ([]byte, []int) {
-	return file_dwcp_stream_v1_stream_proto_rawDescGZIP(), []int{3}
+	return file_dwcp_stream_v1_stream_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Accept) GetCodecs() []uint32 {
@@ -457,6 +562,27 @@ func (x *Accept) GetDestination() string {
 	return ""
 }
 
+func (x *Accept) GetHistory() bool {
+	if x != nil {
+		return x.History
+	}
+	return false
+}
+
+func (x *Accept) GetHeldSessions() []*HeldSession {
+	if x != nil {
+		return x.HeldSessions
+	}
+	return nil
+}
+
+func (x *Accept) GetHistoryMaxPages() uint64 {
+	if x != nil {
+		return x.HistoryMaxPages
+	}
+	return 0
+}
+
 type Done struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	BytesDelivered uint64                 `protobuf:"varint,1,opt,name=bytes_delivered,json=bytesDelivered,proto3" json:"bytes_delivered,omitempty"`
@@ -467,7 +593,7 @@ type Done struct {
 
 func (x *Done) Reset() {
 	*x = Done{}
-	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[4]
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +605,7 @@ func (x *Done) String() string {
 func (*Done) ProtoMessage() {}
 
 func (x *Done) ProtoReflect() protoreflect.Message {
-	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[4]
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +618,7 @@ func (x *Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Done.ProtoReflect.Descriptor instead.
 func (*Done) Descriptor() ([]byte, []int) {
-	return file_dwcp_stream_v1_stream_proto_rawDescGZIP(), []int{4}
+	return file_dwcp_stream_v1_stream_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Done) GetBytesDelivered() uint64 {
@@ -519,7 +645,7 @@ type Abort struct {
 
 func (x *Abort) Reset() {
 	*x = Abort{}
-	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[5]
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -531,7 +657,7 @@ func (x *Abort) String() string {
 func (*Abort) ProtoMessage() {}
 
 func (x *Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[5]
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -544,7 +670,7 @@ func (x *Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Abort.ProtoReflect.Descriptor instead.
 func (*Abort) Descriptor() ([]byte, []int) {
-	return file_dwcp_stream_v1_stream_proto_rawDescGZIP(), []int{5}
+	return file_dwcp_stream_v1_stream_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Abort) GetCode() AbortCode {
@@ -574,7 +700,7 @@ type Control struct {
 
 func (x *Control) Reset() {
 	*x = Control{}
-	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[6]
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +712,7 @@ func (x *Control) String() string {
 func (*Control) ProtoMessage() {}
 
 func (x *Control) ProtoReflect() protoreflect.Message {
-	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[6]
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +725,7 @@ func (x *Control) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Control.ProtoReflect.Descriptor instead.
 func (*Control) Descriptor() ([]byte, []int) {
-	return file_dwcp_stream_v1_stream_proto_rawDescGZIP(), []int{6}
+	return file_dwcp_stream_v1_stream_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Control) GetMode() string {
@@ -647,7 +773,7 @@ type MigrationResult struct {
 
 func (x *MigrationResult) Reset() {
 	*x = MigrationResult{}
-	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[7]
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -659,7 +785,7 @@ func (x *MigrationResult) String() string {
 func (*MigrationResult) ProtoMessage() {}
 
 func (x *MigrationResult) ProtoReflect() protoreflect.Message {
-	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[7]
+	mi := &file_dwcp_stream_v1_stream_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -672,7 +798,7 @@ func (x *MigrationResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationResult.ProtoReflect.Descriptor instead.
 func (*MigrationResult) Descriptor() ([]byte, []int) {
-	return file_dwcp_stream_v1_stream_proto_rawDescGZIP(), []int{7}
+	return file_dwcp_stream_v1_stream_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MigrationResult) GetRunning() bool {
@@ -719,7 +845,7 @@ const file_dwcp_stream_v1_stream_proto_rawDesc = "" +
 	"\aoptions\x18\x04 \x03(\v2,.dwcp.stream.v1.PageStageParams.OptionsEntryR\aoptions\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe3\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd2\x04\n" +
 	"\x05Hello\x12#\n" +
 	"\rframe_version\x18\x01 \x01(\rR\fframeVersion\x12.\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1a.dwcp.stream.v1.StreamKindR\x04kind\x12\x12\n" +
@@ -735,10 +861,20 @@ const file_dwcp_stream_v1_stream_proto_rawDesc = "" +
 	"\fmigration_id\x18\n" +
 	" \x01(\tR\vmigrationId\x12-\n" +
 	"\x12destination_config\x18\v \x01(\fR\x11destinationConfig\x125\n" +
-	"\x16destination_hypervisor\x18\f \x01(\tR\x15destinationHypervisor\"B\n" +
+	"\x16destination_hypervisor\x18\f \x01(\tR\x15destinationHypervisor\x12'\n" +
+	"\x0fhistory_session\x18\r \x01(\tR\x0ehistorySession\x12\x18\n" +
+	"\ahistory\x18\x0e \x01(\bR\ahistory\x12*\n" +
+	"\x11history_max_pages\x18\x0f \x01(\x04R\x0fhistoryMaxPages\"V\n" +
+	"\vHeldSession\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05pages\x18\x02 \x01(\x04R\x05pages\x12!\n" +
+	"\findex_digest\x18\x03 \x01(\fR\vindexDigest\"\xca\x01\n" +
 	"\x06Accept\x12\x16\n" +
 	"\x06codecs\x18\x01 \x03(\rR\x06codecs\x12 \n" +
-	"\vdestination\x18\x02 \x01(\tR\vdestination\"X\n" +
+	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x18\n" +
+	"\ahistory\x18\x03 \x01(\bR\ahistory\x12@\n" +
+	"\rheld_sessions\x18\x04 \x03(\v2\x1b.dwcp.stream.v1.HeldSessionR\fheldSessions\x12*\n" +
+	"\x11history_max_pages\x18\x05 \x01(\x04R\x0fhistoryMaxPages\"X\n" +
 	"\x04Done\x12'\n" +
 	"\x0fbytes_delivered\x18\x01 \x01(\x04R\x0ebytesDelivered\x12'\n" +
 	"\x0fdigest_verified\x18\x02 \x01(\bR\x0edigestVerified\"P\n" +
@@ -782,31 +918,33 @@ func file_dwcp_stream_v1_stream_proto_rawDescGZIP() []byte {
 }
 
 var file_dwcp_stream_v1_stream_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_dwcp_stream_v1_stream_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_dwcp_stream_v1_stream_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_dwcp_stream_v1_stream_proto_goTypes = []any{
 	(StreamKind)(0),         // 0: dwcp.stream.v1.StreamKind
 	(AbortCode)(0),          // 1: dwcp.stream.v1.AbortCode
 	(*CodecOffer)(nil),      // 2: dwcp.stream.v1.CodecOffer
 	(*PageStageParams)(nil), // 3: dwcp.stream.v1.PageStageParams
 	(*Hello)(nil),           // 4: dwcp.stream.v1.Hello
-	(*Accept)(nil),          // 5: dwcp.stream.v1.Accept
-	(*Done)(nil),            // 6: dwcp.stream.v1.Done
-	(*Abort)(nil),           // 7: dwcp.stream.v1.Abort
-	(*Control)(nil),         // 8: dwcp.stream.v1.Control
-	(*MigrationResult)(nil), // 9: dwcp.stream.v1.MigrationResult
-	nil,                     // 10: dwcp.stream.v1.PageStageParams.OptionsEntry
+	(*HeldSession)(nil),     // 5: dwcp.stream.v1.HeldSession
+	(*Accept)(nil),          // 6: dwcp.stream.v1.Accept
+	(*Done)(nil),            // 7: dwcp.stream.v1.Done
+	(*Abort)(nil),           // 8: dwcp.stream.v1.Abort
+	(*Control)(nil),         // 9: dwcp.stream.v1.Control
+	(*MigrationResult)(nil), // 10: dwcp.stream.v1.MigrationResult
+	nil,                     // 11: dwcp.stream.v1.PageStageParams.OptionsEntry
 }
 var file_dwcp_stream_v1_stream_proto_depIdxs = []int32{
-	10, // 0: dwcp.stream.v1.PageStageParams.options:type_name -> dwcp.stream.v1.PageStageParams.OptionsEntry
+	11, // 0: dwcp.stream.v1.PageStageParams.options:type_name -> dwcp.stream.v1.PageStageParams.OptionsEntry
 	0,  // 1: dwcp.stream.v1.Hello.kind:type_name -> dwcp.stream.v1.StreamKind
 	2,  // 2: dwcp.stream.v1.Hello.codecs:type_name -> dwcp.stream.v1.CodecOffer
 	3,  // 3: dwcp.stream.v1.Hello.page_stage:type_name -> dwcp.stream.v1.PageStageParams
-	1,  // 4: dwcp.stream.v1.Abort.code:type_name -> dwcp.stream.v1.AbortCode
-	5,  // [5:5] is the sub-list for method output_type
-	5,  // [5:5] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	5,  // 4: dwcp.stream.v1.Accept.held_sessions:type_name -> dwcp.stream.v1.HeldSession
+	1,  // 5: dwcp.stream.v1.Abort.code:type_name -> dwcp.stream.v1.AbortCode
+	6,  // [6:6] is the sub-list for method output_type
+	6,  // [6:6] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_dwcp_stream_v1_stream_proto_init() }
@@ -820,7 +958,7 @@ func file_dwcp_stream_v1_stream_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dwcp_stream_v1_stream_proto_rawDesc), len(file_dwcp_stream_v1_stream_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
