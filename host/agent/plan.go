@@ -65,10 +65,10 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 		}
 		overrides = o
 	}
-	// A mode the user chose needs no classification: the probe measures
-	// the RTT (one round trip) and the bandwidth comes from the session's
-	// own traffic, which saves the bandwidth bursts (0.7-1 s at 60 ms).
-	pcfg := modes.ProbeConfig{RTTOnly: want != modes.Mode(0)}
+	// The probe measures the bandwidth even when the user chose the mode
+	// (modes.ProbeConfig.RTTOnly would save 0.7-1 s at 60 ms): QEMU's
+	// max-bandwidth starts from it (effectiveRate in host/cmd/dwcp).
+	pcfg := modes.ProbeConfig{}
 	var cache *modes.Cache
 	if a.cfg.StateDir != "" {
 		c, err := modes.OpenCache(a.cfg.StateDir, 0)
