@@ -3,9 +3,7 @@ package transport
 import (
 	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // proxy forwards TCP connections to target and can cut them all at once,
@@ -15,11 +13,14 @@ type proxy struct {
 	target string
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	conns  map[net.Conn]bool
-	down   bool
-	cuts   int
-	paused atomic.Bool
+	mu    sync.Mutex
+	conns map[net.Conn]bool
+	down  bool
+	cuts  int
+	// paused holds every pipe after its next read until resumed (the
+	// pipes wait on resumed, which shares mu).
+	paused  bool
+	resumed *sync.Cond
 }
 
 func newProxy(t testing.TB, target string) *proxy {
@@ -29,6 +30,7 @@ func newProxy(t testing.TB, target string) *proxy {
 		t.Fatal(err)
 	}
 	p := &proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
+	p.resumed = sync.NewCond(&p.mu)
 	p.wg.Add(1)
 	go p.loop()
 	t.Cleanup(p.close)
@@ -70,9 +72,11 @@ func (p *proxy) pipe(dst, src net.Conn) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
-		for p.paused.Load() {
-			time.Sleep(time.Millisecond)
+		p.mu.Lock()
+		for p.paused {
+			p.resumed.Wait()
 		}
+		p.mu.Unlock()
 		if n > 0 {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				break
@@ -113,7 +117,12 @@ func (p *proxy) setDown(down bool) {
 
 // setPaused holds every byte in the proxy (a link that delivers nothing
 // but does not break) or lets them go again.
-func (p *proxy) setPaused(paused bool) { p.paused.Store(paused) }
+func (p *proxy) setPaused(paused bool) {
+	p.mu.Lock()
+	p.paused = paused
+	p.mu.Unlock()
+	p.resumed.Broadcast()
+}
 
 func (p *proxy) close() {
 	p.setPaused(false)
