@@ -65,9 +65,8 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 		}
 		overrides = o
 	}
-	// The probe measures the bandwidth even when the user chose the mode
-	// (modes.ProbeConfig.RTTOnly would save 0.7-1 s at 60 ms): QEMU's
-	// max-bandwidth starts from it (effectiveRate in host/cmd/dwcp).
+	// The probe measures the bandwidth even when the user chose the mode:
+	// QEMU's max-bandwidth starts from it (effectiveRate in host/cmd/dwcp).
 	pcfg := modes.ProbeConfig{}
 	var cache *modes.Cache
 	if a.cfg.StateDir != "" {

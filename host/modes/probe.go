@@ -60,11 +60,6 @@ type ProbeConfig struct {
 	// 50 %), the probe keeps its bandwidth and loss and sends no burst.
 	Cached         *Path
 	CacheTolerance float64
-	// RTTOnly measures the RTT and nothing else (the bandwidth stays 0,
-	// unknown, unless Cached gives it): for a session whose mode the user
-	// chose, which needs no classification; the bandwidth then comes from
-	// the session's own traffic (the controller's passive estimate).
-	RTTOnly bool
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -191,9 +186,6 @@ func probe(ctx context.Context, c Conn, cfg ProbeConfig, res *ProbeResult) error
 			res.FromCache = true
 			return nil
 		}
-	}
-	if cfg.RTTOnly {
-		return nil
 	}
 
 	var before TCPCounters

@@ -107,14 +107,14 @@ func newDemoCommand() *cobra.Command {
 			// the pages of the first trip: DWCP's page history), then
 			// QEMU's best built-in options. xbzrle comes last: QEMU 7.2's
 			// xbzrle has left guests panicked here (docs/migration.md).
-			dwcp := func(label string) func() (livelab.Row, *testguest.VM, error) {
+			dwcp := func(label string, from, to *wanlab.Host) func() (livelab.Row, *testguest.VM, error) {
 				return func() (livelab.Row, *testguest.VM, error) {
-					row, next, err := env.DWCP(ctx, vm, env.A, env.B, mode, migrateArgs...)
+					row, next, err := env.DWCP(ctx, vm, from, to, mode, migrateArgs...)
 					row.Method = label
 					return row, next, err
 				}
 			}
-			if err := step("migrating A->B live through DWCP (mode "+mode+")", dwcp("dwcp "+mode)); err != nil {
+			if err := step("migrating A->B live through DWCP (mode "+mode+")", dwcp("dwcp "+mode, env.A, env.B)); err != nil {
 				return err
 			}
 			natives := livelab.Native
@@ -137,15 +137,11 @@ func newDemoCommand() *cobra.Command {
 				if qemu(natives[0], env.A) != nil {
 					natives = nil
 				}
-			} else if err := step("migrating B->A live through DWCP", func() (livelab.Row, *testguest.VM, error) {
-				row, next, err := env.DWCP(ctx, vm, env.B, env.A, mode, migrateArgs...)
-				row.Method = "dwcp " + mode + " back"
-				return row, next, err
-			}); err != nil {
+			} else if err := step("migrating B->A live through DWCP", dwcp("dwcp "+mode+" back", env.B, env.A)); err != nil {
 				return err
 			}
 			if natives != nil || dwcpOnly {
-				if err := step("migrating A->B live through DWCP again (B holds the pages of the first trip)", dwcp("dwcp "+mode+" again")); err != nil {
+				if err := step("migrating A->B live through DWCP again (B holds the pages of the first trip)", dwcp("dwcp "+mode+" again", env.A, env.B)); err != nil {
 					return err
 				}
 			}

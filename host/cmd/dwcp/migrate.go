@@ -177,8 +177,8 @@ func runMigration(ctx context.Context, a *agent.Agent, hist *pagestore.Store, re
 	if req.MaxBandwidth == 0 {
 		opts.Params.MaxBandwidth = 10 << 30
 		opts.EffectiveRate = func() uint64 {
-			link := max(plan.Controller.Path().Bandwidth, carried.observe(time.Now(), opts.Progress.Snapshot().WireBytes))
-			return effectiveRate(link, opts.Progress.Snapshot())
+			sum := opts.Progress.Snapshot()
+			return effectiveRate(max(plan.Controller.Path().Bandwidth, carried.observe(time.Now(), sum.WireBytes)), sum)
 		}
 	}
 	var mu sync.Mutex
