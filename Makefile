@@ -46,9 +46,9 @@ test:
 		echo "== go test -race $$m"; \
 		(cd $$m && $(GO) test -race -timeout 20m ./...); \
 	done
-	@echo "== without -race: allocation counts, and the path probe in the WAN lab (CPU-bound TLS throughput)"
+	@echo "== without -race: allocation counts, the path probe and the resize stall in the WAN lab (CPU-bound TLS throughput)"
 	@set -e; for m in $(MODULES); do (cd $$m && $(GO) test -count=1 -run 'Alloc' ./... | grep -v 'no test files'); done
-	$(GO) test -count=1 -run 'WANLab' ./host/modes/
+	$(GO) test -count=1 -run 'WANLab' ./host/modes/ ./host/transport/
 
 test-short:
 	@set -e; for m in $(MODULES); do (cd $$m && $(GO) test -short ./...); done

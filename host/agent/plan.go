@@ -48,7 +48,7 @@ func (p *SessionPlan) PageStage() pipeline.BatchBuilderFactory {
 // codecs and the adaptive controller to use as the pipeline's policy. The
 // probe runs while the plugins are still starting; only the plan waits
 // for them.
-func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, mode string) (*SessionPlan, error) {
+func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, mode string, pinStreams bool) (*SessionPlan, error) {
 	var want modes.Mode
 	if mode != "" && mode != "auto" {
 		m, err := modes.ParseMode(mode)
@@ -96,7 +96,7 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 	}
 	ctl, err := modes.NewController(modes.ControllerConfig{
 		Settings: settings, Path: probe.Path, Thresholds: overrides.Thresholds, Manual: manual,
-		Streams: sess.Stats().Streams, Resizer: sess, Sampler: modes.TransportSampler{Session: sess},
+		Streams: sess.Stats().Streams, Resizer: sess, PinStreams: pinStreams, Sampler: modes.TransportSampler{Session: sess},
 	})
 	if err != nil {
 		return nil, err

@@ -105,6 +105,11 @@ type ControllerConfig struct {
 	// plan's count at once (when Streams differs), then every change the
 	// path calls for. Without it they are recommendations in the log.
 	Resizer StreamResizer
+	// PinStreams says the user set the number of data connections (dwcp
+	// migrate/send --streams N): the controller never changes it, not even
+	// to the plan's count, and its streams decisions stay recommendations
+	// in the log, marked as pinned. The Resizer is then never called.
+	PinStreams bool
 	// Sampler, when set, adds the transport's RTT, delivery rate and TCP
 	// counters to the passive estimate.
 	Sampler LinkSampler
@@ -177,8 +182,11 @@ type Status struct {
 	Path   Path // the passive estimate
 	// Streams is the number of data connections the path calls for: in
 	// use when a Resizer applies it (Applied), else recommended.
-	Streams    int
-	Applied    bool
+	Streams int
+	Applied bool
+	// Pinned is the count the user set (ControllerConfig.PinStreams; 0:
+	// the controller may change it). Streams is then only recommended.
+	Pinned     int
 	Batches    uint64
 	Decisions  int
 	Dropped    int // decisions dropped from the bounded log
@@ -310,6 +318,9 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
+	if cfg.PinStreams && cfg.Streams <= 0 {
+		return nil, fmt.Errorf("new controller: PinStreams needs Streams, the count the user set: %w", ErrBadConfig)
+	}
 	if cfg.Streams <= 0 {
 		cfg.Streams = max(s.Streams, 1)
 	}
@@ -351,9 +362,9 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 		ls := cfg.Sampler.Sample()
 		c.counters0, c.countersOK = ls.Counters, ls.CountersOK
 	}
-	if cfg.Resizer != nil && s.Streams > 0 && s.Streams != c.streams {
+	if (cfg.Resizer != nil || cfg.PinStreams) && s.Streams > 0 && s.Streams != c.streams {
 		// The session was opened before the path was measured; the plan
-		// knows better now.
+		// knows better now (pinned: the log says what it would have been).
 		c.setStreams(c.epoch, s.Streams, fmt.Sprintf("planned for path %v", cfg.Path), Window{})
 	}
 	return c, nil
@@ -995,6 +1006,8 @@ func (c *Controller) setStreams(now time.Time, n int, why string, w Window) {
 	c.recStreams = n
 	reason := fmt.Sprintf("session has %d data connections; %s", c.streams, why)
 	switch {
+	case c.cfg.PinStreams:
+		reason += fmt.Sprintf(" (a recommendation: the user pinned %d)", c.streams)
 	case c.cfg.Resizer == nil:
 		reason += " (a recommendation: nothing applies it)"
 	default:
@@ -1049,10 +1062,15 @@ func (c *Controller) Decisions() []Decision {
 func (c *Controller) Status() Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	pinned := 0
+	if c.cfg.PinStreams {
+		pinned = c.streams
+	}
 	return Status{
 		Mode: c.mode, Step: c.ladder[c.cur].Name, Choice: c.ladder[c.cur].Choice, Path: c.path,
-		Streams: c.recStreams, Applied: c.cfg.Resizer != nil && c.streams == c.recStreams,
+		Streams: c.recStreams, Applied: c.cfg.Resizer != nil && !c.cfg.PinStreams && c.streams == c.recStreams,
 		Batches: c.batches, Decisions: len(c.log) + c.dropped, Dropped: c.dropped, LastWindow: c.last,
+		Pinned: pinned,
 	}
 }
 
@@ -1069,7 +1087,10 @@ func (c *Controller) Summary() string {
 	st := c.Status()
 	var b strings.Builder
 	streams := fmt.Sprintf("%d streams recommended", st.Streams)
-	if st.Applied {
+	switch {
+	case st.Pinned > 0:
+		streams = fmt.Sprintf("%d streams pinned by the user (%d recommended)", st.Pinned, st.Streams)
+	case st.Applied:
 		streams = fmt.Sprintf("%d streams", st.Streams)
 	}
 	fmt.Fprintf(&b, "mode %v, final level %s, %s, %d batches, path %v\n", st.Mode, st.Step, streams, st.Batches, st.Path)

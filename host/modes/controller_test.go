@@ -39,6 +39,7 @@ type rigConfig struct {
 	simSampler bool
 	streams    int // data connections the session opened with (0: the plan's)
 	resizer    StreamResizer
+	pin        bool // the user set streams
 }
 
 func newRig(t *testing.T, rc rigConfig) *rig {
@@ -68,7 +69,7 @@ func newRig(t *testing.T, rc rigConfig) *rig {
 	}
 	r.ctl, err = NewController(ControllerConfig{
 		Settings: settings, Path: rc.path, Manual: rc.manual, Workers: rc.workers,
-		Now: func() time.Time { return r.clock }, Sampler: rc.sampler, Streams: rc.streams, Resizer: rc.resizer,
+		Now: func() time.Time { return r.clock }, Sampler: rc.sampler, Streams: rc.streams, Resizer: rc.resizer, PinStreams: rc.pin,
 		OnDecision: func(d Decision) {
 			r.mu.Lock()
 			r.seen = append(r.seen, d)
@@ -508,6 +509,56 @@ func TestControllerAppliesStreamDecisions(t *testing.T) {
 	d := r2.ctl.Decisions()
 	if len(no.asked) != 1 || len(d) != 1 || !strings.Contains(d[0].Reason, "not applied: peer cannot") || r2.ctl.Status().Applied {
 		t.Errorf("with a failing resizer: asked %v, log %v, status %+v", no.asked, d, r2.ctl.Status())
+	}
+}
+
+// TestControllerKeepsPinnedStreams replays the trace of
+// TestControllerAppliesStreamDecisions (a session opened with 2 data
+// connections, the plan's 4, then 1 % loss on a 10 ms path) with the count
+// pinned by the user: the resizer is never called, and the log and the
+// summary say what the path would call for and that the user's count stays.
+func TestControllerKeepsPinnedStreams(t *testing.T) {
+	fs := &fakeSampler{s: LinkSample{RTT: 10 * time.Millisecond, Counters: TCPCounters{SegmentsSent: 1000}, CountersOK: true}}
+	rs := &fakeResizer{}
+	r := newRig(t, rigConfig{mode: Hybrid, path: Path{RTT: 10 * time.Millisecond, Bandwidth: Gbit}, link: constLink(15e6), speed: 1.5,
+		sampler: fs, streams: 2, resizer: rs, pin: true})
+	for range 20 {
+		r.run(50)
+		fs.mu.Lock()
+		fs.s.Counters.SegmentsSent += 20000
+		fs.s.Counters.Retransmitted += 200
+		fs.mu.Unlock()
+	}
+	r.logDecisions()
+	if len(rs.asked) != 0 {
+		t.Fatalf("the controller asked the transport for %v streams; the user pinned 2", rs.asked)
+	}
+	st := r.ctl.Status()
+	if st.Pinned != 2 || st.Applied || st.Streams <= 4 {
+		t.Errorf("status: pinned %d, applied %v, %d recommended; want pinned 2, not applied, more than 4 recommended", st.Pinned, st.Applied, st.Streams)
+	}
+	var ds []Decision
+	for _, d := range r.ctl.Decisions() {
+		if d.Kind == KindStreams {
+			ds = append(ds, d)
+		}
+	}
+	// The same two decisions as unpinned (the plan's 4, then more for the
+	// loss), each a recommendation.
+	if len(ds) != 2 || ds[0].To != "4" || !strings.Contains(ds[0].Reason, "planned for path") ||
+		ds[1].Streams != st.Streams || ds[1].From != "4" {
+		t.Errorf("streams decisions %v", ds)
+	}
+	for _, d := range ds {
+		if !strings.Contains(d.Reason, "session has 2 data connections") || !strings.Contains(d.Reason, "(a recommendation: the user pinned 2)") {
+			t.Errorf("decision %v does not say the count is pinned", d)
+		}
+	}
+	if sum := r.ctl.Summary(); !strings.Contains(sum, fmt.Sprintf("2 streams pinned by the user (%d recommended)", st.Streams)) {
+		t.Errorf("summary does not say the count is pinned:\n%s", sum)
+	}
+	if _, err := NewController(ControllerConfig{Settings: r.ctl.cfg.Settings, PinStreams: true}); !errors.Is(err, ErrBadConfig) {
+		t.Errorf("PinStreams without the count: %v", err)
 	}
 }
 

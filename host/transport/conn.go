@@ -94,8 +94,13 @@ func (s *Session) readFrame(ep *epoch, c *wconn, r io.Reader, hb []byte, h *head
 		}
 		if h.lane == laneBulk {
 			c.rseq = h.seq
+			if tr := s.trace.Load(); tr != nil && c.stream > 0 {
+				tr.read(c.stream, h.seq, int(h.length))
+			}
 		}
 		return s.onData(h, buf)
+	case framePad:
+		return s.onPad(c, r, hb, h)
 	case frameGoaway:
 		text := make([]byte, h.length)
 		if _, err := io.ReadFull(r, text); err != nil {
@@ -110,6 +115,26 @@ func (s *Session) readFrame(ep *epoch, c *wconn, r io.Reader, hb []byte, h *head
 		return fmt.Errorf("%v: crc32c %08x, header says %08x: %w", h.typ, crc, h.crc, ErrBadChecksum)
 	}
 	return s.onControl(ep, c, h)
+}
+
+// onPad checks and drops a PAD frame: padding that warms an added data
+// connection (warm.go).
+func (s *Session) onPad(c *wconn, r io.Reader, hb []byte, h *header) error {
+	switch {
+	case c.stream == 0:
+		return fmt.Errorf("PAD on the control connection: %w", ErrBadFrame)
+	case !s.warmable:
+		return fmt.Errorf("PAD on conn %d from a peer without %q: %w", c.stream, capWarmup, ErrBadFrame)
+	}
+	buf := getBuffer(int(h.length))
+	defer buf.release()
+	if n, err := io.ReadFull(r, buf.b); err != nil {
+		return fmt.Errorf("PAD: truncated after %d of %d bytes: %w", n, h.length, err)
+	}
+	if crc := frameCRC(hb, buf.b); crc != h.crc {
+		return fmt.Errorf("PAD (%d bytes): crc32c %08x, header says %08x: %w", h.length, crc, h.crc, ErrBadChecksum)
+	}
+	return nil
 }
 
 func (s *Session) onData(h *header, buf *buffer) error {
@@ -244,6 +269,12 @@ func (s *Session) dataWriteLoop(ep *epoch, c *wconn) {
 	defer ep.wg.Done()
 	t := time.NewTimer(s.cfg.PingInterval)
 	defer t.Stop()
+	s.mu.Lock()
+	warming := c.warming
+	s.mu.Unlock()
+	if warming && !s.warm(ep, c) {
+		return
+	}
 	last := time.Now()
 	var ping [headerSize]byte
 	for {
@@ -267,6 +298,9 @@ func (s *Session) dataWriteLoop(ep *epoch, c *wconn) {
 				return
 			}
 			c.wseq = seq
+			if tr := s.trace.Load(); tr != nil {
+				tr.wrote(c.stream, seq, n)
+			}
 			last = time.Now()
 			continue
 		}

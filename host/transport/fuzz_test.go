@@ -115,6 +115,8 @@ func FuzzReadFramesDataConn(f *testing.F) {
 	f.Add(join(fuzzFrame(frameData, 0, 2, []byte("b")), fuzzFrame(frameData, 0, 1, []byte("a")), fuzzFrame(frameRetire, 0, 1, nil)))
 	f.Add(join(fuzzFrame(frameRetire, 0, 0, nil), fuzzFrame(frameData, 0, 1, []byte("late"))))
 	f.Add(fuzzFrame(frameRetire, 0, 7, nil))
+	f.Add(join(fuzzFrame(framePad, 0, 0, make([]byte, 64)), fuzzFrame(frameData, 0, 1, []byte("a"))))
+	f.Add(join(fuzzFrame(framePad, 0, 0, []byte("pad")), fuzzFrame(framePad, 0, 9, nil), fuzzFrame(frameRetire, 0, 0, nil)))
 	f.Fuzz(func(t *testing.T, stream []byte) { readFramesFuzz(t, stream, 1, ourCaps()) })
 }
 

@@ -30,6 +30,11 @@ const (
 	// connections attached to a live epoch beyond the count the session
 	// opened with, and RETIRE frames. Without it the count is fixed.
 	capResize = "stream-resize"
+	// capWarmup is optional in version 1: a peer that has it accepts PAD
+	// frames on data connections, which the dialer sends on a connection
+	// it adds to a live epoch until the connection carries about as much
+	// as the others (docs/transport.md, "What a change costs, and warming").
+	capWarmup = "stream-warmup"
 )
 
 // TLS exporter labels (RFC 8446 section 7.5). The resume key is exported
@@ -192,6 +197,6 @@ func peerIdentity(cs tls.ConnectionState) string {
 	return leaf.Subject.CommonName
 }
 
-func ourCaps() []string { return append(append([]string(nil), requiredV1...), capResize) }
+func ourCaps() []string { return append(append([]string(nil), requiredV1...), capResize, capWarmup) }
 
 func hmacEqual(a, b []byte) bool { return hmac.Equal(a, b) }

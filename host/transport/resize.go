@@ -196,6 +196,10 @@ func (s *Session) grow(ep *epoch, free []int) error {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			if err == nil {
+				// Warming needs the kernel's delivery rates to know
+				// when to stop.
+				_, measurable := readTCPState(c.raw.Conn)
+				c.warming = s.warmable && measurable
 				if err = s.startConnLocked(ep, c); err == nil {
 					s.st.added++
 					return

@@ -1,11 +1,13 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -364,35 +366,102 @@ func TestHostileRetire(t *testing.T) {
 		{"with a length", nil, func(p, d *rawPeer) { d.write(p.frame(frameRetire, 0, 0, []byte("x"))) }, "want 0"},
 	}
 	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			e := newEnv(t, ListenConfig{}, DialConfig{})
-			caps := c.caps
-			if caps == nil {
-				caps = ourCaps()
-			}
-			ctl := rawDial(t, e, "src")
-			w := rawHello(t, ctl, openHello([]uint32{1}, caps))
-			p := &rawPeer{t: t, c: ctl, id: [idSize]byte(w.GetSessionId())}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			s, err := e.ln.Accept(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			d := &rawPeer{t: t, c: rawData(t, e, p, ctl, 1, 1), id: p.id}
-			c.write(p, d)
-			<-s.Done()
-			if err := s.Err(); !errors.Is(err, ErrBadFrame) || !strings.Contains(err.Error(), c.text) {
-				t.Errorf("session error %v, want ErrBadFrame with %q", err, c.text)
-			}
-			if g := p.goaway(); !strings.Contains(g, c.text) {
-				t.Errorf("GOAWAY %q, want %q", g, c.text)
-			}
-			// Hang up, so the session need not wait for it.
-			ctl.Close()
-			d.c.Close()
-		})
+		t.Run(c.name, func(t *testing.T) { hostileDataConn(t, c.caps, c.write, ErrBadFrame, c.text) })
+	}
+}
+
+// hostileDataConn opens a session as a raw peer announcing caps (nil:
+// ours) with one data connection, lets write misbehave on it, and checks
+// that the listener ends the session with want and says text, to the peer
+// too.
+func hostileDataConn(t *testing.T, caps []string, write func(p, data *rawPeer), want error, text string) {
+	e := newEnv(t, ListenConfig{}, DialConfig{})
+	if caps == nil {
+		caps = ourCaps()
+	}
+	ctl := rawDial(t, e, "src")
+	w := rawHello(t, ctl, openHello([]uint32{1}, caps))
+	p := &rawPeer{t: t, c: ctl, id: [idSize]byte(w.GetSessionId())}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := e.ln.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	d := &rawPeer{t: t, c: rawData(t, e, p, ctl, 1, 1), id: p.id}
+	write(p, d)
+	<-s.Done()
+	if err := s.Err(); !errors.Is(err, want) || !strings.Contains(err.Error(), text) {
+		t.Errorf("session error %v, want %v with %q", err, want, text)
+	}
+	if g := p.goaway(); !strings.Contains(g, text) {
+		t.Errorf("GOAWAY %q, want %q", g, text)
+	}
+	// Hang up, so the session need not wait for it.
+	ctl.Close()
+	d.c.Close()
+}
+
+// TestHostilePad: PAD frames are only taken on a data connection, from a
+// peer that announced them, within their size limit and with their CRC.
+func TestHostilePad(t *testing.T) {
+	pad := make([]byte, 100)
+	cases := []struct {
+		name  string
+		caps  []string
+		write func(p *rawPeer, data *rawPeer)
+		want  error
+		text  string
+	}{
+		{"on the control connection", nil, func(p, _ *rawPeer) { p.write(p.frame(framePad, 0, 0, pad)) }, ErrBadFrame, "PAD on the control connection"},
+		{"from a peer without the capability", append(slices.Clone(requiredV1), capResize), func(p, d *rawPeer) { d.write(p.frame(framePad, 0, 0, pad)) }, ErrBadFrame, "without"},
+		{"with a damaged payload", nil, func(p, d *rawPeer) {
+			f := p.frame(framePad, 0, 0, pad)
+			f[headerSize+7] ^= 1
+			d.write(f)
+		}, ErrBadChecksum, "PAD (100 bytes): crc32c"},
+		{"over the size limit", nil, func(p, d *rawPeer) { d.write(p.frame(framePad, 0, 0, make([]byte, maxPadding+1))) }, ErrTooLarge, "PAD of 65537 bytes"},
+		{"on the priority lane", nil, func(p, d *rawPeer) { d.write(p.frame(framePad, lanePriority, 0, pad)) }, ErrBadFrame, "lane bit"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) { hostileDataConn(t, c.caps, c.write, c.want, c.text) })
+	}
+}
+
+// TestPadIsDropped: padding on a data connection delivers nothing, and the
+// messages around it arrive as sent.
+func TestPadIsDropped(t *testing.T) {
+	cfg, err := Options{}.resolve(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSession(false, fuzzID, "src", 1, ourCaps(), nil, cfg, 1,
+		peerLimits{maxMsg: 4096, winMsgs: 16, winBytes: 16384, priMsgs: 4, priBytes: 4096})
+	defer s.cancel()
+	stream := bytes.Join([][]byte{fuzzFrame(framePad, 0, 0, make([]byte, padSize)), fuzzFrame(frameData, laneBulk, 1, []byte("one")),
+		fuzzFrame(framePad, 0, 0, []byte("anything")), fuzzFrame(frameData, laneBulk, 2, []byte("two"))}, nil)
+	r := bytes.NewReader(stream)
+	var hb [headerSize]byte
+	var h header
+	ep := newEpoch(1)
+	defer ep.cancel()
+	c := &wconn{stream: 1}
+	for r.Len() > 0 {
+		if err := s.readFrame(ep, c, r, hb[:], &h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, want := range []string{"one", "two"} {
+		m, err := s.Recv(ctx)
+		if err != nil || string(m) != want {
+			t.Fatalf("Recv = %q, %v; want %q", m, err, want)
+		}
+	}
+	if st := s.Stats(); st.MessagesReceived != 2 || st.BytesReceived != 6 {
+		t.Errorf("stats after padding: %+v", st)
 	}
 }
 

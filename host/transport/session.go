@@ -32,8 +32,10 @@ type Session struct {
 	cfg      effective
 	start    time.Time
 	// resizable: both sides have capResize, so the dialer may change the
-	// number of data connections of a live session.
+	// number of data connections of a live session. warmable: the peer has
+	// capWarmup, so it takes PAD frames on a connection being warmed.
 	resizable bool
+	warmable  bool
 
 	dial *dialer   // dialer side only
 	ln   *Listener // listener side only
@@ -71,6 +73,16 @@ type Session struct {
 	// peerMaxStreams is the most data connections the listener takes, once
 	// a refusal showed it (0: not known).
 	peerMaxStreams int
+
+	// trace, when set (tests), is told about every bulk DATA frame a data
+	// connection finished writing or reading: where a frame's time went.
+	trace atomic.Pointer[frameTrace]
+}
+
+// frameTrace observes bulk frames on data connections (tests only).
+type frameTrace struct {
+	wrote func(stream int, seq uint64, n int)
+	read  func(stream int, seq uint64, n int)
 }
 
 // counters are Session statistics guarded by Session.mu.
@@ -86,6 +98,7 @@ type counters struct {
 	rate                     float64
 	sockSnd, sockRcv         int
 	added, retired           uint64 // data connections added to / retired from a live epoch
+	warmed, padBytes         uint64 // added connections warmed, and the PAD payload bytes that took
 }
 
 // epoch is one generation of connections. Any connection failing ends the
@@ -137,6 +150,10 @@ type wconn struct {
 	// read (by the reader goroutine) on this connection: RETIRE carries
 	// the first, the peer checks it against the second.
 	wseq, rseq uint64
+	// warming: added to a live epoch, the connection carries PAD frames,
+	// not the stream, until it delivers about as much as the others
+	// (guarded by Session.mu).
+	warming bool
 }
 
 // countConn counts the bytes a connection carries at the TCP level
@@ -170,6 +187,7 @@ func newSession(isDialer bool, id [idSize]byte, peerName string, version uint32,
 	s := &Session{id: id, isDialer: isDialer, peerName: peerName, version: version, peerCaps: peerCaps, key: key,
 		cfg: cfg, streams: streams, start: time.Now(), done: make(chan struct{}), supDone: make(chan struct{}),
 		epochCh: make(chan struct{}, 1), ctrBits: 1, resizable: slices.Contains(peerCaps, capResize),
+		warmable:   slices.Contains(peerCaps, capWarmup),
 		resizeKick: make(chan struct{}, 1), resizeDone: make(chan struct{})}
 	if !isDialer {
 		s.dir = dirFromListener
@@ -532,6 +550,7 @@ func (s *Session) startConnLocked(ep *epoch, c *wconn) error {
 	} else {
 		ep.streams[c.stream] = true
 		c.kick, c.gone = make(chan struct{}, 1), make(chan struct{})
+		setNotsentLowat(c.raw.Conn, notsentLowat)
 		if snd, rcv, ok := socketBuffers(c.raw.Conn); ok {
 			s.st.sockSnd, s.st.sockRcv = snd, rcv
 		}

@@ -34,6 +34,11 @@ type Stats struct {
 	RetransmittedBytes    uint64
 	// DuplicatesDropped counts exact duplicates the receiver dropped.
 	DuplicatesDropped uint64
+	// StreamsWarmed counts the added data connections that carried PAD
+	// frames before they took frames of the stream, PaddingBytesSent
+	// the PAD payload that took (docs/transport.md).
+	StreamsWarmed    uint64
+	PaddingBytesSent uint64
 	// Unacked messages and payload bytes in the bulk send window.
 	UnackedMessages uint64
 	UnackedBytes    int64
@@ -70,6 +75,7 @@ func (s *Session) Stats() Stats {
 		RTT:               s.st.srtt, RTTMin: s.st.rttMin, DeliveryRate: s.st.rate,
 		SocketSendBuffer: s.st.sockSnd, SocketRecvBuffer: s.st.sockRcv, SocketBufferRequested: s.cfg.sockBuf,
 		Streams: s.activeStreamsLocked(), StreamsWanted: s.streams, StreamsAdded: s.st.added, StreamsRetired: s.st.retired,
+		StreamsWarmed: s.st.warmed, PaddingBytesSent: s.st.padBytes,
 	}
 	if s.resizeErr != nil {
 		st.LastResizeError = s.resizeErr.Error()

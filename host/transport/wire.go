@@ -21,8 +21,8 @@ import (
 //	3     reserved, zero
 //	4:20  session id
 //	20:28 sequence number (DATA, ACK, FIN; RETIRE: the last DATA sent
-//	      on this connection), timestamp (PING, PONG) or code (GOAWAY),
-//	      big endian
+//	      on this connection), timestamp (PING, PONG), code (GOAWAY) or
+//	      zero (PAD), big endian
 //	28:32 payload length, big endian
 //	32:36 CRC32C (Castagnoli) of the payload followed by bytes 0:32
 const (
@@ -50,7 +50,14 @@ const (
 	// sender puts nothing more on it (docs/transport.md, "Changing the
 	// number of data connections").
 	frameRetire frameType = 7
+	// framePad is padding on a data connection added to a live epoch: it
+	// opens the connection's congestion window before the connection
+	// takes frames of the stream; the receiver checks and drops it.
+	framePad frameType = 8
 )
+
+// maxPadding bounds the payload of a PAD frame.
+const maxPadding = 64 << 10
 
 func (t frameType) String() string {
 	switch t {
@@ -68,6 +75,8 @@ func (t frameType) String() string {
 		return "GOAWAY"
 	case frameRetire:
 		return "RETIRE"
+	case framePad:
+		return "PAD"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -133,7 +142,7 @@ func parseHeader(b []byte, h *header) error {
 		return fmt.Errorf("frame header: marker %#02x, want %#02x: %w", b[0], frameMarker, ErrBadFrame)
 	}
 	h.typ = frameType(b[1])
-	if h.typ < frameData || h.typ > frameRetire {
+	if h.typ < frameData || h.typ > framePad {
 		return fmt.Errorf("frame header: unknown %v: %w", h.typ, ErrBadFrame)
 	}
 	if b[2]&^(flagDir|flagLane) != 0 || b[3] != 0 {
@@ -153,6 +162,10 @@ func parseHeader(b []byte, h *header) error {
 	case frameGoaway:
 		if h.length > maxGoawayText {
 			return fmt.Errorf("frame header: GOAWAY reason of %d bytes, limit %d: %w", h.length, maxGoawayText, ErrTooLarge)
+		}
+	case framePad:
+		if h.length > maxPadding {
+			return fmt.Errorf("frame header: PAD of %d bytes, limit %d: %w", h.length, maxPadding, ErrTooLarge)
 		}
 	}
 	if h.typ != frameData && h.typ != frameAck && h.typ != frameFin && h.lane != 0 {

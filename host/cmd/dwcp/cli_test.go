@@ -299,7 +299,7 @@ func TestSendServeSurvivesRepeatedConnectionCuts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "send", filepath.Join(dir, "state.bin"), "--to", proxy.ln.Addr().String(),
-		"--peer-name", "hostb", "--certs", certs, "--name", "hosta", "--plugin-dir", plugins, "--json", "--codec", "zstd", "--level", "1")
+		"--peer-name", "hostb", "--certs", certs, "--name", "hosta", "--plugin-dir", plugins, "--json", "--codec", "zstd", "--level", "1", "--streams", "2")
 	cmd.Env = append(os.Environ(), "DWCP_STATE="+filepath.Join(dir, "state"))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -328,6 +328,9 @@ func TestSendServeSurvivesRepeatedConnectionCuts(t *testing.T) {
 	proxy.Close()
 	if sum.BytesIn != uint64(len(input)) || sum.WireBytes >= sum.BytesIn || sum.Ratio <= 1 {
 		t.Fatalf("summary %+v", sum)
+	}
+	if !strings.Contains(sum.Decisions, "2 streams pinned by the user") {
+		t.Errorf("--streams 2 did not pin the count; the controller says:\n%s", sum.Decisions)
 	}
 	t.Logf("%d cuts during the transfer, %d reconnects, ratio %.2f, %.2f s", proxy.cuts, sum.Reconnects, sum.Ratio, sum.Seconds)
 	if proxy.cuts < 5 || sum.Reconnects == 0 {

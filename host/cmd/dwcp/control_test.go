@@ -62,7 +62,7 @@ func TestControlSocket(t *testing.T) {
 		"not json\n":            "not a migrate request",
 		"{}\n":                  "not a migrate request",
 		`{"migrate":{}}` + "\n": "no QMP socket",
-		`{"migrate":{"qmp":"/x","to":"h:1","converge":"auto-converge","downtime":1000000,"max_time":1000000000,"streams":0}}` + "\n": "--streams 0",
+		`{"migrate":{"qmp":"/x","to":"h:1","converge":"auto-converge","downtime":1000000,"max_time":1000000000,"streams":-1}}` + "\n": "--streams -1",
 		strings.Repeat("x", maxControlRequest+10): "at most",
 	} {
 		if got := raw(line); !strings.Contains(got, `"error"`) || !strings.Contains(got, want) {

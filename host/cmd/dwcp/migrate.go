@@ -133,8 +133,8 @@ func (r migrateRequest) validate() error {
 		return fmt.Errorf("--downtime %s: want a positive duration up to a minute", r.Downtime)
 	case r.MaxTime <= 0:
 		return fmt.Errorf("--max-time %s: want a positive duration", r.MaxTime)
-	case r.Streams < 1 || r.Streams > 64:
-		return fmt.Errorf("--streams %d: want 1..64", r.Streams)
+	case r.Streams < 0 || r.Streams > 64:
+		return fmt.Errorf("--streams %d: want 0 (sized to the path) or 1..64", r.Streams)
 	}
 	return nil
 }
@@ -340,7 +340,7 @@ func newMigrateCommand() *cobra.Command {
 	cmd.Flags().DurationVar(&req.Downtime, "downtime", 300*time.Millisecond, "downtime limit QEMU aims for")
 	cmd.Flags().DurationVar(&req.MaxTime, "max-time", 30*time.Minute, "cancel a migration that has not finished by then (the VM keeps running here)")
 	cmd.Flags().StringVar(&req.Converge, "converge", "auto-converge", "policy for guests that dirty memory faster than the link: auto-converge (throttle the guest) or none")
-	cmd.Flags().IntVar(&req.Streams, "streams", 4, "TCP connections")
+	cmd.Flags().IntVar(&req.Streams, "streams", 0, streamsUsage)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
 	cmd.Flags().BoolVar(&local, "local", false, "run the migration in this process even when the host's dwcp serve runs")
 	cmd.Flags().BoolVar(&history, "history", true, "use and extend the page history with this peer: pages it holds from earlier migrations go as references (internet and hybrid modes)")

@@ -124,6 +124,9 @@ func newSendCommand() *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if streams < 0 || streams > 64 {
+				return fmt.Errorf("--streams %d: want 0 (sized to the path) or 1..64", streams)
+			}
 			var in io.Reader
 			var size uint64
 			name := filepath.Base(args[0])
@@ -243,7 +246,7 @@ func newSendCommand() *cobra.Command {
 	cmd.Flags().StringVar(&codecName, "codec", "zstd", "fix the codec (zstd, s2, lz4, ... or none) instead of letting the controller choose")
 	cmd.Flags().IntVar(&level, "level", -1, "fix the codec level (-1: the codec's default)")
 	cmd.Flags().StringVar(&pageStage, "page-stage", "auto", "page stage for QEMU streams: auto (as the mode says), on (treat input as QEMU), off")
-	cmd.Flags().IntVar(&streams, "streams", 4, "TCP connections")
+	cmd.Flags().IntVar(&streams, "streams", 0, streamsUsage)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
 	cmd.Flags().BoolVar(&history, "history", true, "use and extend the page history with this peer (internet and hybrid modes)")
 	_ = cmd.MarkFlagRequired("to")
@@ -254,15 +257,22 @@ func newSendCommand() *cobra.Command {
 // plans the session (mode, codec ladder, controller).
 // connectAndPlan opens a session to the peer and plans it; the chosen path
 // and mode are reported on log.
+// connectAndPlan dials the peer and plans the session. streams is the
+// user's --streams: 0 lets the controller size the connection count to the
+// path (starting from defaultStreams), N pins it at N.
 func connectAndPlan(ctx context.Context, log io.Writer, a *agent.Agent, to, peerName, mode string, streams int, steps *setupSteps) ([]pipeline.Codec, *transport.Session, *agent.SessionPlan, error) {
 	t := time.Now()
+	pinned := streams != 0
+	if !pinned {
+		streams = defaultStreams
+	}
 	sess, err := a.Dial(ctx, to, peerName, streams, transport.Options{})
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("connect to %s: %w", to, err)
 	}
 	steps.ConnectMs = msSince(t)
 	t = time.Now()
-	plan, err := a.PlanSession(ctx, sess, sess.PeerName(), mode)
+	plan, err := a.PlanSession(ctx, sess, sess.PeerName(), mode, pinned)
 	steps.PlanMs = msSince(t)
 	if err != nil {
 		sess.Close()
@@ -271,6 +281,12 @@ func connectAndPlan(ctx context.Context, log io.Writer, a *agent.Agent, to, peer
 	fmt.Fprintf(log, "path to %s: %v; mode %s (%s)\n", to, plan.Probe.Path, plan.Mode, plan.Why)
 	return plan.Codecs, sess, plan, nil
 }
+
+// defaultStreams is the data connections a session opens with before the
+// path is measured, when the user did not pin a count.
+const defaultStreams = 4
+
+const streamsUsage = "TCP data connections: 0 sizes them to the path (starting with 4), N pins N"
 
 // setupSteps is where the time before the first byte went.
 type setupSteps struct {

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/dwcp/dwcp/host/internal/testguest"
@@ -117,6 +118,30 @@ func (e *Env) KillServe(h *wanlab.Host) {
 	}
 }
 
+// stopServe ends the dwcp serve of host h as an operator would: SIGTERM,
+// then SIGKILL if it has not exited within five seconds.
+func (e *Env) stopServe(h *wanlab.Host) {
+	e.mu.Lock()
+	cmd := e.serves[h]
+	delete(e.serves, h)
+	e.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		_ = cmd.Wait()
+	}()
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+}
+
 // StartServe starts dwcp serve on host h.
 func (e *Env) StartServe(ctx context.Context, h *wanlab.Host) error {
 	name := e.nameOf(h)
@@ -183,7 +208,7 @@ func (e *Env) ServeLog() string {
 // Close stops the servers and removes the lab.
 func (e *Env) Close() {
 	for _, h := range []*wanlab.Host{e.A, e.B} {
-		e.KillServe(h)
+		e.stopServe(h)
 	}
 	e.waits.Wait()
 	if e.Lab != nil {
