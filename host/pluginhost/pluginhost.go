@@ -363,6 +363,8 @@ func (p *Plugin) Hypervisor() (hypervisor.Hypervisor, error) {
 	return hv, err
 }
 
+var _ codec.Batcher = (*restartingCodec)(nil)
+
 type restartingCodec struct {
 	p    *Plugin
 	caps codec.Capabilities
@@ -385,6 +387,150 @@ func (r *restartingCodec) Decode(dst, src []byte, maxSize int) ([]byte, error) {
 	}
 	return c.Decode(dst, src, maxSize)
 }
+
+// Lease implements codec.Leaser on the running process's codec, so that
+// callers (the pipeline) keep the zero-copy path through the host's
+// restarting wrapper. A Buffer belongs to the process it was leased from:
+// if that process crashes, the Buffer's calls fail with the CrashError,
+// and the next Lease comes from the restarted process. If no process can
+// be started, the Buffer is private memory whose calls report why.
+func (r *restartingCodec) Lease(size int) codec.Buffer {
+	if c, _, _, err := r.p.current(); err == nil {
+		if l, ok := c.(codec.Leaser); ok {
+			return l.Lease(size)
+		}
+	}
+	return &plainBuffer{c: r, in: make([]byte, 0, max(size, 0))}
+}
+
+// LeaseBatch implements codec.Batcher likewise.
+func (r *restartingCodec) LeaseBatch(size int) codec.Batch {
+	if c, _, _, err := r.p.current(); err == nil {
+		if b, ok := c.(codec.Batcher); ok {
+			return b.LeaseBatch(size)
+		}
+	}
+	return &plainBatch{c: r, in: make([]byte, 0, max(size, 0))}
+}
+
+var errReleased = fmt.Errorf("codec buffer used after Release: %w", sdk.ErrInvalidArgument)
+
+// plainBuffer is a codec.Buffer in private memory over Codec.Encode and
+// Decode: what Lease returns when the plugin's own Buffers are out of
+// reach. It is not on any hot path.
+type plainBuffer struct {
+	c        codec.Codec
+	in, out  []byte
+	released bool
+}
+
+func (b *plainBuffer) Input() []byte {
+	if b.released {
+		return nil
+	}
+	return b.in[:0]
+}
+
+func (b *plainBuffer) Encode(src []byte, level int) (out []byte, err error) {
+	if b.released {
+		return nil, errReleased
+	}
+	b.out, err = b.c.Encode(b.out[:0], src, level)
+	return b.out, err
+}
+
+func (b *plainBuffer) Decode(src []byte, maxSize int) (out []byte, err error) {
+	if b.released {
+		return nil, errReleased
+	}
+	b.out, err = b.c.Decode(b.out[:0], src, maxSize)
+	return b.out, err
+}
+
+func (b *plainBuffer) Release() { b.released, b.in, b.out = true, nil, nil }
+
+// plainBatch is plainBuffer's codec.Batch: each block runs alone at Run.
+type plainBatch struct {
+	c        codec.Codec
+	in       []byte
+	blocks   []plainBlock
+	ran      bool
+	released bool
+}
+
+type plainBlock struct {
+	decode bool
+	arg    int // level or maxSize
+	src    []byte
+	out    []byte
+	err    error
+}
+
+func (b *plainBatch) Input() []byte {
+	if b.released || b.ran {
+		return nil
+	}
+	return b.in[len(b.in):len(b.in):cap(b.in)]
+}
+
+func (b *plainBatch) AddEncode(src []byte, level int) error { return b.add(false, level, src) }
+
+func (b *plainBatch) AddDecode(src []byte, maxSize int) error {
+	if maxSize < 0 {
+		return fmt.Errorf("codec batch decode: negative maxSize %d: %w", maxSize, sdk.ErrInvalidArgument)
+	}
+	return b.add(true, maxSize, src)
+}
+
+func (b *plainBatch) add(decode bool, arg int, src []byte) error {
+	switch {
+	case b.released:
+		return errReleased
+	case b.ran || len(b.blocks) == codec.MaxBatch:
+		return fmt.Errorf("codec batch: run, or holding %d blocks: %w", len(b.blocks), sdk.ErrInvalidArgument)
+	}
+	if room := b.Input(); len(src) > 0 && len(src) <= cap(room) && &src[0] == &room[:1][0] {
+		b.in = b.in[:len(b.in)+len(src)]
+	}
+	b.blocks = append(b.blocks, plainBlock{decode: decode, arg: arg, src: src})
+	return nil
+}
+
+func (b *plainBatch) Len() int { return len(b.blocks) }
+
+func (b *plainBatch) Run() error {
+	if b.released || b.ran {
+		return fmt.Errorf("codec batch: released or run already: %w", sdk.ErrInvalidArgument)
+	}
+	b.ran = true
+	for i := range b.blocks {
+		blk := &b.blocks[i]
+		if blk.decode {
+			blk.out, blk.err = b.c.Decode(nil, blk.src, blk.arg)
+		} else {
+			blk.out, blk.err = b.c.Encode(nil, blk.src, blk.arg)
+		}
+		if blk.err != nil {
+			blk.out = nil
+		}
+	}
+	return nil
+}
+
+func (b *plainBatch) Result(i int) ([]byte, error) {
+	if b.released || !b.ran || i < 0 || i >= len(b.blocks) {
+		return nil, fmt.Errorf("codec batch result %d: %w", i, sdk.ErrInvalidArgument)
+	}
+	return b.blocks[i].out, b.blocks[i].err
+}
+
+func (b *plainBatch) Reset() {
+	if !b.released {
+		b.in, b.blocks, b.ran = b.in[:0], b.blocks[:0], false
+	}
+}
+
+func (b *plainBatch) Release() { b.released, b.in, b.blocks = true, nil, nil }
 
 type restartingAccel struct {
 	p    *Plugin

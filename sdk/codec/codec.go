@@ -2,8 +2,8 @@
 // compressor with numbered levels, mapped onto DWCP's three link tiers.
 //
 // It owns the contract only (interface, options, capability description,
-// and the optional Leaser capability for zero-copy calls); it must not
-// contain an implementation.
+// and the optional Leaser and Batcher capabilities for zero-copy and
+// batched calls); it must not contain an implementation.
 package codec
 
 import "fmt"
@@ -65,6 +65,69 @@ type Buffer interface {
 	// the same rules for src and the result as Encode.
 	Decode(src []byte, maxSize int) ([]byte, error)
 	// Release gives the buffer back to the codec.
+	Release()
+}
+
+// MaxBatch is the most blocks one Batch holds.
+const MaxBatch = 64
+
+// Batcher is an optional capability of a Leaser codec: a Batch carries
+// several blocks to the codec's process in one round trip, so the fixed
+// cost of crossing into it (waking the other process and being woken
+// back, several microseconds each) is paid once per batch instead of once
+// per block. It pays for small blocks (a few KiB to a few hundred KiB),
+// where that fixed cost is a large part of the work. The blocks of one
+// Batch run one after the other in the codec's process; callers that want
+// several of its cores busy run several Batches from several goroutines.
+//
+// LeaseBatch never fails, like Lease: without the fast path the Batch is
+// private memory and Run encodes or decodes its blocks one by one through
+// Codec.Encode and Codec.Decode, with the same results.
+type Batcher interface {
+	Leaser
+	// LeaseBatch returns an empty Batch whose Input has room for blocks
+	// totalling at least size bytes when the fast path can take that much.
+	LeaseBatch(size int) Batch
+}
+
+// Batch is memory leased from a Batcher codec for up to MaxBatch blocks,
+// filled, run in one round trip, read, and then reset for the next
+// blocks or released. It is not safe for concurrent use. Release must be
+// called exactly once; afterwards every method fails and no slice it
+// handed out may be touched again.
+//
+// A typical round: for each block, append it to Input() and queue it with
+// AddEncode or AddDecode; Run; read Result(i) for each; Reset.
+type Batch interface {
+	// Input returns where to build the next block: length 0, capacity the
+	// room left (nil after Run until Reset, or after Release).
+	Input() []byte
+	// AddEncode queues the encoding of src at level, AddDecode the
+	// decoding of src into at most maxSize bytes; block indexes count up
+	// from 0 in the order they are added. src is normally what was
+	// appended to Input(): the codec then reads it in place. Any other
+	// slice works too (it is copied in, or, if it does not fit, left
+	// where it is and read at Run, so it must not change until then). A
+	// block that does not fit the fast path runs alone through
+	// Codec.Encode or Codec.Decode. They fail (sdk.ErrInvalidArgument)
+	// only when the Batch already holds MaxBatch blocks, has run and was
+	// not Reset, or was released.
+	AddEncode(src []byte, level int) error
+	AddDecode(src []byte, maxSize int) error
+	// Len reports how many blocks are queued.
+	Len() int
+	// Run processes every queued block. Its error is for the round trip
+	// as a whole (the codec's process died, the call timed out), and then
+	// every block's Result carries it too; a block that fails on its own
+	// (corrupt input, output over maxSize) fails only in its Result.
+	Run() error
+	// Result returns block i's output or error after Run. The output
+	// follows Buffer.Encode's rules: valid until Reset or Release,
+	// read-only, untrusted codec output.
+	Result(i int) ([]byte, error)
+	// Reset empties the Batch for new blocks, keeping its memory.
+	Reset()
+	// Release gives the Batch back to the codec.
 	Release()
 }
 

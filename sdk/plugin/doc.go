@@ -11,8 +11,9 @@
 // Accelerator or Hypervisor methods give back the same Go interfaces the
 // plugin implemented; a codec also offers codec.Leaser, whose Buffers are
 // shared-memory slots the caller builds blocks in and reads results from
-// in place (private memory and the copying path when no slot fits). Errors
-// a plugin returns keep their sdk sentinel
+// in place (private memory and the copying path when no slot fits), and
+// codec.Batcher, whose Batches carry many blocks in one slot and one round
+// trip. Errors a plugin returns keep their sdk sentinel
 // (errors.Is works); a plugin that dies mid-call yields sdk.ErrPluginCrashed
 // with its last stderr lines.
 //

@@ -276,6 +276,9 @@ func (c *Client) call(ctx context.Context, deadline time.Time, op uint32, arg in
 	if maxOut < 0 {
 		return dst, fmt.Errorf("shm call: negative maxOut %d", maxOut)
 	}
+	if op >= OpReserved {
+		return dst, fmt.Errorf("shm call: op %#x is reserved for the data plane", op)
+	}
 	if len(in) > int(c.g.slotIn) || maxOut > int(c.g.slotOut) {
 		return dst, ErrTooBig
 	}

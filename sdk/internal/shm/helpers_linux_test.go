@@ -262,18 +262,25 @@ func (r *rawHost) hello(h hello, fds ...int) error {
 // handshake does a correct hello/ack for g and returns the host's mapping.
 func (r *rawHost) handshake(t *testing.T, g geometry) []byte {
 	t.Helper()
+	return r.handshakeVersion(t, g, protocolVersion)
+}
+
+// handshakeVersion is handshake speaking protocol version v; the plugin
+// must answer in v.
+func (r *rawHost) handshakeVersion(t *testing.T, g geometry, v uint32) []byte {
+	t.Helper()
 	fd, mem, err := createArena(g)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Munmap(mem) })
-	err = r.hello(hello{version: protocolVersion, geometry: g, arenaSize: g.size()}, fd)
+	err = r.hello(hello{version: v, geometry: g, arenaSize: g.size()}, fd)
 	unix.Close(fd)
 	if err != nil {
 		t.Fatal(err)
 	}
 	a, err := r.readAck()
-	if err != nil || a.status != ackOK {
+	if err != nil || a.status != ackOK || a.version != v {
 		t.Fatalf("ack %+v, %v", a, err)
 	}
 	return mem

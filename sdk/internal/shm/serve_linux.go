@@ -33,6 +33,9 @@ type server struct {
 	// It is plugin-private, so the host cannot make two workers run one
 	// request; a worker claims a posted request by a CAS on it.
 	taken []atomic.Uint32
+	// batches: the host speaks version 3, so an OpBatch request is a
+	// batch table. From a version-2 host it is an ordinary op.
+	batches bool
 
 	stopping atomic.Bool
 	stopped  sync.Once
@@ -89,11 +92,11 @@ func Serve(ctx context.Context, conn *os.File, h Handler, workers int) error {
 	})
 
 	var unmapErr error
-	mem, g, err := s.accept()
+	mem, g, version, err := s.accept()
 	if err != nil {
 		s.stop(err)
 	} else {
-		s.mem, s.g = mem, g
+		s.mem, s.g, s.batches = mem, g, version >= batchVersion
 		s.doorbell, s.sleepers = word(mem, hdrDoorbell), word(mem, hdrSleepers)
 		s.taken = make([]atomic.Uint32, g.slots)
 		// Workers return only after stop, and the watcher calls stop when
@@ -120,36 +123,36 @@ func Serve(ctx context.Context, conn *os.File, h Handler, workers int) error {
 // accept receives the hello and its memfd, maps the arena and acknowledges.
 // A hello it cannot honour is refused with a status before it gives up, so
 // the host can say why.
-func (s *server) accept() ([]byte, geometry, error) {
+func (s *server) accept() ([]byte, geometry, uint32, error) {
 	var msg [maxMessage]byte
 	oob := make([]byte, unix.CmsgSpace(maxRecvFDs*4))
 	n, oobn, flags, _, err := s.conn.ReadMsgUnix(msg[:], oob)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, geometry{}, fmt.Errorf("wait for hello: %w: host closed the socket", ErrClosed)
+			return nil, geometry{}, 0, fmt.Errorf("wait for hello: %w: host closed the socket", ErrClosed)
 		}
-		return nil, geometry{}, fmt.Errorf("wait for hello: %w", err)
+		return nil, geometry{}, 0, fmt.Errorf("wait for hello: %w", err)
 	}
 	fds, err := receivedFDs(oob[:oobn])
 	if err != nil {
-		return nil, geometry{}, fmt.Errorf("hello: %w: %w", ErrProtocol, err)
+		return nil, geometry{}, 0, fmt.Errorf("hello: %w: %w", ErrProtocol, err)
 	}
 	// The mapping, once made, keeps the memory; no descriptor is kept.
 	defer closeFDs(fds)
 	if flags&unix.MSG_CTRUNC != 0 {
-		return nil, geometry{}, fmt.Errorf("hello: %w: more than %d descriptors attached", ErrProtocol, maxRecvFDs)
+		return nil, geometry{}, 0, fmt.Errorf("hello: %w: more than %d descriptors attached", ErrProtocol, maxRecvFDs)
 	}
 	h, err := decodeHello(msg[:n])
 	if err != nil {
-		return nil, geometry{}, err
+		return nil, geometry{}, 0, err
 	}
 	if len(fds) != 1 {
 		s.refuse(ackBadArena)
-		return nil, geometry{}, fmt.Errorf("hello: %w: %d descriptors attached, want 1", ErrProtocol, len(fds))
+		return nil, geometry{}, 0, fmt.Errorf("hello: %w: %d descriptors attached, want 1", ErrProtocol, len(fds))
 	}
-	if h.version != protocolVersion {
+	if h.version < minProtocolVersion || h.version > protocolVersion {
 		s.refuse(ackBadVersion)
-		return nil, geometry{}, fmt.Errorf("hello: version %d, this plugin speaks %d", h.version, protocolVersion)
+		return nil, geometry{}, 0, fmt.Errorf("hello: version %d, this plugin speaks %d to %d", h.version, minProtocolVersion, protocolVersion)
 	}
 	g, err := newGeometry(h.slots, h.slotIn, h.slotOut)
 	if err == nil && h.arenaSize != g.size() {
@@ -157,19 +160,20 @@ func (s *server) accept() ([]byte, geometry, error) {
 	}
 	if err != nil {
 		s.refuse(ackBadArena)
-		return nil, geometry{}, fmt.Errorf("hello: %w", err)
+		return nil, geometry{}, 0, fmt.Errorf("hello: %w", err)
 	}
 	mem, err := mapArena(fds[0], g)
 	if err != nil {
 		s.refuse(ackBadArena)
-		return nil, geometry{}, fmt.Errorf("hello: %w", err)
+		return nil, geometry{}, 0, fmt.Errorf("hello: %w", err)
 	}
-	encodeAck(msg[:], ack{version: protocolVersion, status: ackOK})
+	// The host's version: a version-2 host checks the ack against its own.
+	encodeAck(msg[:], ack{version: h.version, status: ackOK})
 	if _, err := s.conn.Write(msg[:ackSize]); err != nil {
 		unix.Munmap(mem)
-		return nil, geometry{}, fmt.Errorf("send ack: %w", err)
+		return nil, geometry{}, 0, fmt.Errorf("send ack: %w", err)
 	}
-	return mem, g, nil
+	return mem, g, h.version, nil
 }
 
 // refuse tells the host why its hello was rejected. It is best effort: the
@@ -265,7 +269,14 @@ func (s *server) serveSlot(idx, seq uint32) error {
 	if err != nil {
 		return fmt.Errorf("slot %d: %w", idx, err)
 	}
-	c := s.run(idx, r)
+	var c completion
+	if r.op == OpBatch && s.batches {
+		if c, err = s.runBatch(idx, r); err != nil {
+			return fmt.Errorf("slot %d: %w", idx, err)
+		}
+	} else {
+		c = s.run(idx, r)
+	}
 	// The record minus its sequence (encodeCompletion's layout).
 	rec2 := s.mem[ctl+slotDone : ctl+slotDone+completionSize]
 	le.PutUint32(rec2[4:], c.code)
@@ -291,21 +302,66 @@ func hostGone(err error) bool {
 // run calls the handler on the request's regions of slot idx. r has passed
 // decodeRequest, so both lengths fit the slot's regions. Capacities are
 // clipped so that an append in the handler cannot run into the next region.
+// An error message may use the slot's whole output region, not just the
+// capacity the caller asked for, so a maxOut of 0 still gets its text.
 func (s *server) run(idx uint32, r request) completion {
 	inOff, outOff := s.g.inOff(idx), s.g.outOff(idx)
 	inEnd, outEnd := inOff+uint64(r.inLen), outOff+uint64(r.outCap)
-	in := s.mem[inOff:inEnd:inEnd]
-	out := s.mem[outOff:outEnd:outEnd]
-	n, code, msg := s.h(r.op, r.arg, in, out)
+	c := s.handle(r.op, r.arg, s.mem[inOff:inEnd:inEnd], s.mem[outOff:outEnd:outEnd],
+		s.mem[outOff:outOff+uint64(min(s.g.slotOut, MaxErrorMessage))])
+	c.seq = r.seq
+	return c
+}
+
+// runBatch runs the entries of batch request r on slot idx, one after the
+// other, writing each result into the results table as it goes; the
+// completion (stored by serveSlot) publishes them all at once. Each entry
+// is copied out of shared memory once and only the copy is checked and
+// used. An entry that breaks the layout is a protocol violation (the
+// error), as a bad request record is; a handler failure is only that
+// entry's result.
+func (s *server) runBatch(idx uint32, r request) (completion, error) {
+	if r.arg < 1 || r.arg > MaxBatch {
+		return completion{}, fmt.Errorf("batch request %d: %w: %d entries, want 1 to %d", r.seq, ErrProtocol, r.arg, MaxBatch)
+	}
+	count := uint64(r.arg)
+	inBase, outBase := s.g.inOff(idx), s.g.outOff(idx)
+	for i := range count {
+		var rec [batchEntrySize]byte
+		off := inBase + i*batchEntrySize
+		copy(rec[:], s.mem[off:off+batchEntrySize])
+		e, err := decodeBatchEntry(rec[:], r.inLen, r.outCap)
+		if err != nil {
+			return completion{}, fmt.Errorf("batch request %d entry %d: %w", r.seq, i, err)
+		}
+		inOff, outOff := inBase+uint64(e.InOff), outBase+uint64(e.OutOff)
+		inEnd, outEnd := inOff+uint64(e.InLen), outOff+uint64(e.OutCap)
+		out := s.mem[outOff:outEnd:outEnd]
+		c := s.handle(e.Op, e.Arg, s.mem[inOff:inEnd:inEnd], out, out[:min(len(out), MaxErrorMessage)])
+		res := outBase + i*batchResultSize
+		encodeBatchResult(s.mem[res:res+batchResultSize], BatchResult{Code: c.code, N: c.n})
+	}
+	return completion{seq: r.seq, n: uint32(count * batchResultSize)}, nil
+}
+
+// handle runs the Handler on in and out and turns what it returns into a
+// completion (without sequence). A result outside out, or a reserved
+// code, becomes CodeBadHandlerResult; a failure's message is copied into
+// msgRoom, truncated to fit.
+func (s *server) handle(op uint32, arg int64, in, out, msgRoom []byte) completion {
+	if op >= OpReserved {
+		// Only from a version-2 host (a version-3 host cannot send one
+		// outside a batch, and runBatch refuses them inside): not for
+		// the Handler, whose op space ends below OpReserved.
+		return completion{code: CodeBadHandlerResult, n: uint32(copy(msgRoom, fmt.Sprintf("op %#x is reserved for the data plane", op)))}
+	}
+	n, code, msg := s.h(op, arg, in, out)
 	if code == 0 && n >= 0 && n <= len(out) {
-		return completion{seq: r.seq, n: uint32(n)}
+		return completion{n: uint32(n)}
 	}
 	if code == 0 || code >= CodeReserved {
-		msg = fmt.Sprintf("handler for op %d returned n=%d code=%#x with a %d-byte output buffer", r.op, n, code, len(out))
+		msg = fmt.Sprintf("handler for op %d returned n=%d code=%#x with a %d-byte output buffer", op, n, code, len(out))
 		code = CodeBadHandlerResult
 	}
-	// The message may use the slot's whole output region, not just the
-	// capacity the caller asked for, so a maxOut of 0 still gets its text.
-	room := s.mem[outOff : outOff+uint64(min(s.g.slotOut, MaxErrorMessage))]
-	return completion{seq: r.seq, code: code, n: uint32(copy(room, msg))}
+	return completion{code: code, n: uint32(copy(msgRoom, msg))}
 }

@@ -17,9 +17,12 @@
 //
 // The host side is Client (NewClient, Call, and TryLease for a slot held
 // across calls, whose input the caller fills and whose output it reads in
-// place, so the host copies nothing); the plugin side is Serve. Leases are
-// host-side bookkeeping over the same records: the plugin cannot tell a
-// leased slot from any other, and the protocol is unchanged. Pair makes
+// place, so the host copies nothing; Lease.CallBatch runs up to MaxBatch
+// requests laid out in one leased slot with one doorbell and one
+// completion); the plugin side is Serve, which runs a batch's entries in
+// order without waking the host in between. Leases are host-side
+// bookkeeping over the same records: the plugin cannot tell a leased slot
+// from any other. Pair makes
 // the socketpair the host hands to the plugin at start. Only Linux has
 // memfd and sealing; elsewhere NewClient and Serve return ErrUnsupported and
 // callers use the chunked gRPC fallback.

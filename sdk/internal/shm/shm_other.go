@@ -78,3 +78,21 @@ func (l Lease) CallTimeout(ctx context.Context, timeout time.Duration, op uint32
 
 // Release does nothing.
 func (l Lease) Release() {}
+
+// Output returns nil.
+func (l Lease) Output() []byte { return nil }
+
+// CallBatch returns ErrLeaseReleased: no Lease is ever live here.
+func (l Lease) CallBatch(ctx context.Context, entries []BatchEntry, results []BatchResult) error {
+	return ErrLeaseReleased
+}
+
+// CallBatchTimeout returns ErrLeaseReleased.
+func (l Lease) CallBatchTimeout(ctx context.Context, timeout time.Duration, entries []BatchEntry, results []BatchResult) error {
+	return ErrLeaseReleased
+}
+
+// BatchOutput returns ErrLeaseReleased.
+func (l Lease) BatchOutput(e BatchEntry, r BatchResult) ([]byte, error) {
+	return nil, ErrLeaseReleased
+}

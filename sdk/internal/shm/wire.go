@@ -5,7 +5,7 @@ import (
 	"fmt"
 )
 
-// Wire format, version 2. Two kinds of message:
+// Wire format, version 3 (version 2 plus batches). Kinds of message:
 //
 //   - hello and ack, one SOCK_SEQPACKET datagram each, at setup. Sizes are
 //     exact: a datagram of any other length is a protocol violation. After
@@ -14,13 +14,25 @@ import (
 //   - request and completion records, written in place in the arena's
 //     control area (one 64-byte block per slot) and announced through
 //     futex words next to them.
+//   - batch tables (version 3): a request whose op is OpBatch carries up
+//     to MaxBatch sub-requests in one slot. Their entries (op, arg, and
+//     the offset and length of each input and output inside the slot's
+//     regions) sit at the start of the slot's input region, their results
+//     (code, n) at the start of its output region; the data follows from
+//     BatchDataOffset on. One doorbell and one completion, so one wake-up
+//     each way, carry the whole batch.
 //
 // docs/dataplane.md draws the layouts.
 
 const (
-	// protocolVersion is carried in hello/ack; a plugin refuses others.
-	// Version 1 carried requests and completions as datagrams.
-	protocolVersion = 2
+	// protocolVersion is carried in hello/ack; the host sends it and a
+	// plugin answers in the host's version if it is one it speaks
+	// (minProtocolVersion..protocolVersion). Version 1 carried requests
+	// and completions as datagrams; version 3 added batches (OpBatch),
+	// which a plugin accepts only from a version-3 host.
+	protocolVersion    = 3
+	minProtocolVersion = 2
+	batchVersion       = 3
 
 	typeHello uint32 = 0x44570001 // "DW" + 1, host -> plugin, carries the memfd
 	typeAck   uint32 = 0x44570002 // plugin -> host
@@ -302,6 +314,146 @@ func decodeCompletion(b []byte, seq, outCap, errLimit uint32) (completion, error
 		return completion{}, fmt.Errorf("decode completion %d: %w: %d bytes, at most %d allowed", seq, ErrProtocol, c.n, limit)
 	}
 	return c, nil
+}
+
+// Batches (version 3). The layout inside the slot:
+//
+//	input region:  [entry 0 | entry 1 | ... (32 bytes each)] ... BatchDataOffset: inputs
+//	output region: [result 0 | result 1 | ... (8 bytes each)] ... BatchDataOffset: outputs
+//
+// Entry (host -> plugin, 32 bytes):
+//
+//	0  u32 op (below OpReserved: batches do not nest)
+//	4  u32 reserved, zero
+//	8  i64 arg
+//	16 u32 input offset in the slot's input region (>= BatchDataOffset)
+//	20 u32 input length
+//	24 u32 output offset in the slot's output region (>= BatchDataOffset)
+//	28 u32 output capacity
+//
+// Result (plugin -> host, 8 bytes):
+//
+//	0  u32 code: 0 success, else the handler's error code
+//	4  u32 n: output bytes at the entry's output offset on success, else
+//	       the bytes of the error message there (at most the entry's
+//	       capacity and MaxErrorMessage)
+//
+// The batch request itself is an ordinary request record: op OpBatch, arg
+// the entry count, input length and output capacity the end of the
+// furthest entry's input and output (every entry must lie below them).
+// Its completion has code 0 and n = count * 8 (the results table); a
+// plugin that cannot parse the table tears the channel down, as for a bad
+// request record. Offsets are relative to the slot's own regions, so no
+// value a peer writes can point outside the slot.
+const (
+	// OpReserved: ops at or above it belong to the shm layer; Handlers
+	// never see them and Call refuses them.
+	OpReserved uint32 = 0xFFFF0000
+	// OpBatch is the op of a batch request (arg: the entry count).
+	OpBatch uint32 = 0xFFFF0001
+	// MaxBatch bounds the entries of one batch.
+	MaxBatch = 64
+	// BatchDataOffset is where a batch's inputs and outputs may start in
+	// the slot's regions: the tables come first, then whole pages of data.
+	BatchDataOffset = pageSize
+
+	batchEntrySize  = 32
+	batchResultSize = 8
+)
+
+// BatchEntry is one sub-request of a batch (Lease.CallBatch): Op and Arg
+// as for Call, its input at [InOff, InOff+InLen) of the slot's input
+// region (Lease.Input) and room for its output at [OutOff, OutOff+OutCap)
+// of the output region (Lease.Output). Offsets start at BatchDataOffset or
+// later; entries should not overlap (the plugin runs them in order, so an
+// output written over a later entry's input would change that input).
+type BatchEntry struct {
+	Op             uint32
+	Arg            int64
+	InOff, InLen   uint32
+	OutOff, OutCap uint32
+}
+
+// BatchResult is what the plugin reported for one entry: Code 0 and N
+// output bytes at the entry's OutOff, or a failure Code with an N-byte
+// message there (Lease.BatchOutput turns it into a slice or an error).
+type BatchResult struct {
+	Code, N uint32
+}
+
+// check reports whether e is a well-formed entry whose regions lie inside
+// [BatchDataOffset, inEnd) and [BatchDataOffset, outEnd). uint64 sums: no
+// offset plus length can wrap.
+func (e BatchEntry) check(inEnd, outEnd uint32) error {
+	switch {
+	case e.Op >= OpReserved:
+		return fmt.Errorf("op %#x is reserved", e.Op)
+	case e.InOff < BatchDataOffset || uint64(e.InOff)+uint64(e.InLen) > uint64(inEnd):
+		return fmt.Errorf("input [%d, +%d) outside [%d, %d)", e.InOff, e.InLen, BatchDataOffset, inEnd)
+	case e.OutOff < BatchDataOffset || uint64(e.OutOff)+uint64(e.OutCap) > uint64(outEnd):
+		return fmt.Errorf("output [%d, +%d) outside [%d, %d)", e.OutOff, e.OutCap, BatchDataOffset, outEnd)
+	}
+	return nil
+}
+
+func encodeBatchEntry(b []byte, e BatchEntry) {
+	_ = b[batchEntrySize-1]
+	le.PutUint32(b[0:], e.Op)
+	le.PutUint32(b[4:], 0)
+	le.PutUint64(b[8:], uint64(e.Arg))
+	le.PutUint32(b[16:], e.InOff)
+	le.PutUint32(b[20:], e.InLen)
+	le.PutUint32(b[24:], e.OutOff)
+	le.PutUint32(b[28:], e.OutCap)
+}
+
+// decodeBatchEntry reads an entry the plugin copied out of shared memory
+// and checks it against the batch request's input length and output
+// capacity (both already checked against the slot).
+func decodeBatchEntry(b []byte, inEnd, outEnd uint32) (BatchEntry, error) {
+	if len(b) != batchEntrySize {
+		return BatchEntry{}, fmt.Errorf("decode batch entry: %w: %d bytes, want %d", ErrProtocol, len(b), batchEntrySize)
+	}
+	if le.Uint32(b[4:]) != 0 {
+		return BatchEntry{}, fmt.Errorf("decode batch entry: %w: reserved field not zero", ErrProtocol)
+	}
+	e := BatchEntry{
+		Op:     le.Uint32(b[0:]),
+		Arg:    int64(le.Uint64(b[8:])),
+		InOff:  le.Uint32(b[16:]),
+		InLen:  le.Uint32(b[20:]),
+		OutOff: le.Uint32(b[24:]),
+		OutCap: le.Uint32(b[28:]),
+	}
+	if err := e.check(inEnd, outEnd); err != nil {
+		return BatchEntry{}, fmt.Errorf("decode batch entry: %w: %w", ErrProtocol, err)
+	}
+	return e, nil
+}
+
+func encodeBatchResult(b []byte, r BatchResult) {
+	_ = b[batchResultSize-1]
+	le.PutUint32(b[0:], r.Code)
+	le.PutUint32(b[4:], r.N)
+}
+
+// decodeBatchResult reads a result the host copied out of shared memory
+// for entry e, which the host wrote (its own copy, not the table the
+// plugin could have rewritten): n must fit the entry's output capacity,
+// and for an error also MaxErrorMessage.
+func decodeBatchResult(b []byte, e BatchEntry) (BatchResult, error) {
+	if len(b) != batchResultSize {
+		return BatchResult{}, fmt.Errorf("decode batch result: %w: %d bytes, want %d", ErrProtocol, len(b), batchResultSize)
+	}
+	r := BatchResult{Code: le.Uint32(b[0:]), N: le.Uint32(b[4:])}
+	limit := e.OutCap
+	if r.Code != 0 {
+		limit = min(limit, MaxErrorMessage)
+	}
+	if r.N > limit {
+		return BatchResult{}, fmt.Errorf("decode batch result: %w: %d bytes (code %d), at most %d allowed", ErrProtocol, r.N, r.Code, limit)
+	}
+	return r, nil
 }
 
 // checkFrame allocates only when it fails, so decoding on the hot path is

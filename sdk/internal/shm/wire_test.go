@@ -265,3 +265,62 @@ func FuzzDecodeAck(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeBatchEntry(f *testing.F) {
+	var b [batchEntrySize]byte
+	encodeBatchEntry(b[:], BatchEntry{Op: 1, Arg: -3, InOff: BatchDataOffset, InLen: 100, OutOff: BatchDataOffset, OutCap: 200})
+	f.Add(bytes.Clone(b[:]), uint32(8192), uint32(8192))
+	encodeBatchEntry(b[:], BatchEntry{Op: OpBatch, InOff: BatchDataOffset, OutOff: BatchDataOffset})
+	f.Add(bytes.Clone(b[:]), uint32(8192), uint32(8192))
+	encodeBatchEntry(b[:], BatchEntry{Op: 2, InOff: math.MaxUint32, InLen: 2, OutOff: BatchDataOffset})
+	f.Add(bytes.Clone(b[:]), uint32(math.MaxUint32), uint32(8192))
+	f.Add([]byte{1, 2, 3}, uint32(1), uint32(1))
+	f.Fuzz(func(t *testing.T, data []byte, inEnd, outEnd uint32) {
+		e, err := decodeBatchEntry(data, inEnd, outEnd)
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("decode error %v does not wrap ErrProtocol", err)
+			}
+			return
+		}
+		var re [batchEntrySize]byte
+		encodeBatchEntry(re[:], e)
+		if !bytes.Equal(re[:], data) {
+			t.Fatalf("re-encoding changed the entry:\n% x\n% x", data, re)
+		}
+		// What the plugin slices next: both ranges past the tables and
+		// inside what the request covers, with no wrap-around.
+		if e.Op >= OpReserved || e.InOff < BatchDataOffset || e.OutOff < BatchDataOffset ||
+			uint64(e.InOff)+uint64(e.InLen) > uint64(inEnd) || uint64(e.OutOff)+uint64(e.OutCap) > uint64(outEnd) {
+			t.Fatalf("accepted entry %+v escapes [%d, %d) / [%d, %d)", e, BatchDataOffset, inEnd, BatchDataOffset, outEnd)
+		}
+	})
+}
+
+func FuzzDecodeBatchResult(f *testing.F) {
+	var b [batchResultSize]byte
+	encodeBatchResult(b[:], BatchResult{N: 100})
+	f.Add(bytes.Clone(b[:]), uint32(100))
+	encodeBatchResult(b[:], BatchResult{Code: 3, N: 5000})
+	f.Add(bytes.Clone(b[:]), uint32(8192))
+	f.Add([]byte{}, uint32(0))
+	f.Fuzz(func(t *testing.T, data []byte, outCap uint32) {
+		e := BatchEntry{Op: 1, InOff: BatchDataOffset, OutOff: BatchDataOffset, OutCap: outCap}
+		r, err := decodeBatchResult(data, e)
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("decode error %v does not wrap ErrProtocol", err)
+			}
+			return
+		}
+		var re [batchResultSize]byte
+		encodeBatchResult(re[:], r)
+		if !bytes.Equal(re[:], data) {
+			t.Fatalf("re-encoding changed the result:\n% x\n% x", data, re)
+		}
+		// What the host slices next.
+		if r.N > outCap || (r.Code != 0 && r.N > MaxErrorMessage) {
+			t.Fatalf("accepted result %+v for an entry of %d bytes", r, outCap)
+		}
+	})
+}
