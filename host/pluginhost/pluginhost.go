@@ -199,6 +199,10 @@ type Plugin struct {
 	crashes  []time.Time
 	restarts int
 	lastErr  error
+	// gaveUp is set once the plugin crashed more than MaxRestarts times
+	// within RestartWindow: from then on every call returns lastErr
+	// instead of launching it again.
+	gaveUp bool
 }
 
 // Name is the catalog name.
@@ -251,6 +255,9 @@ func (p *Plugin) instance(ctx context.Context) (*plugin.Instance, error) {
 	if p.inst != nil && !p.inst.Exited() {
 		return p.inst, nil
 	}
+	if p.gaveUp {
+		return nil, p.lastErr
+	}
 	if p.inst != nil {
 		_ = p.inst.Close()
 		p.inst, p.codec, p.accel, p.hv = nil, nil, nil, nil
@@ -264,6 +271,7 @@ func (p *Plugin) instance(ctx context.Context) (*plugin.Instance, error) {
 		p.crashes = append(recent, now)
 		if len(p.crashes) > p.host.opts.MaxRestarts {
 			p.lastErr = fmt.Errorf("plugin %s: %d crashes within %s: %w", p.entry.Name, len(p.crashes), p.host.opts.RestartWindow, ErrGaveUp)
+			p.gaveUp = true
 			return nil, p.lastErr
 		}
 		p.restarts++

@@ -210,6 +210,16 @@ func TestRestartsAreBounded(t *testing.T) {
 	if !errors.Is(err, ErrGaveUp) {
 		t.Fatalf("after repeated crashes: %v, want ErrGaveUp", err)
 	}
+	// Giving up sticks: later calls do not launch the plugin again.
+	restarts := p.Restarts()
+	for i := 0; i < 3; i++ {
+		if _, err := c.Encode(nil, []byte("hello"), 0); !errors.Is(err, ErrGaveUp) {
+			t.Fatalf("call %d after giving up: %v, want ErrGaveUp", i, err)
+		}
+	}
+	if p.Pid() != 0 || p.Restarts() != restarts {
+		t.Fatalf("after giving up: pid %d, restarts %d -> %d", p.Pid(), restarts, p.Restarts())
+	}
 }
 
 func TestTamperedAndIncompatiblePluginsAreSkipped(t *testing.T) {
