@@ -38,10 +38,28 @@ type migrateSummary struct {
 	pipeline.PageStats `json:"pages"`
 	History            pipeline.HistorySummary `json:"history"`
 	Controller         string                  `json:"controller"`
+	// Path is the path as measured before the migration (the probe, or the
+	// cached measurement it confirmed) and ModeReason why the mode was
+	// chosen; Controller says how both evolved.
+	Path       pathSummary `json:"path"`
+	ModeReason string      `json:"mode_reason"`
 	// Switchover is the downtime's timeline, ms after the source stopped.
 	Switchover switchoverMs `json:"switchover_ms"`
 	// Setup is the time before the migration started, ms.
 	Setup setupSteps `json:"setup_ms"`
+}
+
+// pathSummary is a path measurement in units a script reads directly.
+type pathSummary struct {
+	RTTMs        float64 `json:"rtt_ms"`
+	BandwidthBps float64 `json:"bandwidth_bits_per_second"`
+	Loss         float64 `json:"loss"`
+	Source       string  `json:"source"`
+	ProbeMs      float64 `json:"probe_ms"`
+}
+
+func summarizePath(r modes.ProbeResult) pathSummary {
+	return pathSummary{RTTMs: ms(r.Path.RTT), BandwidthBps: r.Path.Bandwidth * 8, Loss: r.Path.Loss, Source: r.Path.Source, ProbeMs: ms(r.Elapsed)}
 }
 
 type switchoverMs struct {
@@ -54,7 +72,7 @@ type switchoverMs struct {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // effectiveRate is the stream rate the path carries: the link's rate times
-// the compression ratio seen so far (3 before the first MiB on the wire),
+// the compression ratio seen so far (3 before the first 256 KiB on the wire),
 // with 25 % headroom so that QEMU is never the bottleneck, and at least
 // 1 MiB/s. Leaving QEMU uncapped until the first ratio was measured made
 // return trips (ratio about 17 with the page history) twice as fast, but
@@ -66,7 +84,7 @@ func effectiveRate(link float64, s pipeline.Summary) uint64 {
 		return 0
 	}
 	ratio := 3.0
-	if s.WireBytes > 1<<20 {
+	if s.WireBytes > 256<<10 {
 		ratio = s.Ratio()
 	}
 	return max(uint64(link*ratio*1.25), 1<<20)
@@ -208,7 +226,7 @@ func runMigration(ctx context.Context, a *agent.Agent, hist *pagestore.Store, re
 	p := res.Pipeline
 	out := migrateSummary{
 		VM: res.VM.Name, Destination: res.Destination, Mode: plan.Mode.String(), Codec: codecLabel(codecs, choice.Codec), Level: choice.Level,
-		Controller:   plan.Controller.Summary(),
+		Controller: plan.Controller.Summary(), Path: summarizePath(plan.Probe), ModeReason: plan.Why,
 		TotalSeconds: res.Total.Seconds(), DowntimeMs: float64(res.Downtime.Microseconds()) / 1000,
 		QEMUDowntimeMs: float64(res.Source.Downtime.Microseconds()) / 1000, GuestRAM: res.VM.MemoryBytes,
 		StreamBytes: p.BytesIn, WireBytes: p.WireBytes, Passes: res.Passes, Reconnects: sess.Stats().Reconnects, PageStats: p.Pages, History: p.History,

@@ -437,6 +437,9 @@ func (e *Env) checkGuest(ctx context.Context, src, dst *testguest.VM, before tes
 	case got.Sum != want.Sum:
 		return hb, fmt.Errorf("guest memory checksum changed across the migration: %s before, %s after", want.Sum, got.Sum)
 	}
+	if f := dst.KernelFault(); f != "" {
+		return hb, fmt.Errorf("the destination guest's kernel reported a fault:\n%s", f)
+	}
 	return hb + ", sum " + got.Sum[:8] + " unchanged", nil
 }
 

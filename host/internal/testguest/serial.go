@@ -186,6 +186,16 @@ func (s *serialLog) last(ok func(string) bool) (int, string) {
 	return -1, ""
 }
 
+// linesFrom returns up to n lines starting at index i.
+func (s *serialLog) linesFrom(i, n int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i < 0 || i >= len(s.lines) {
+		return ""
+	}
+	return strings.Join(s.lines[i:min(i+n, len(s.lines))], "\n")
+}
+
 func (s *serialLog) count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

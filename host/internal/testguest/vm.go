@@ -345,6 +345,24 @@ func (v *VM) pollSerial(ctx context.Context, what string, check func() bool) err
 	}
 }
 
+// kernelFault matches the console lines of a guest kernel that broke: an
+// oops, a BUG, a general protection fault, a panic. The guest boots with
+// "quiet", which still lets these through (they log at KERN_ALERT or
+// higher).
+var kernelFault = regexp.MustCompile(`Oops|BUG:|general protection|Kernel panic|Call Trace`)
+
+// KernelFault returns the guest's console from the first kernel fault line
+// on (a few lines of it), or "" when the kernel has reported none: a guest
+// whose heartbeat goes on can still have a broken kernel.
+func (v *VM) KernelFault() string {
+	_ = v.serial.refresh()
+	i, _ := v.serial.find(0, kernelFault)
+	if i < 0 {
+		return ""
+	}
+	return v.serial.linesFrom(i, 12)
+}
+
 // SerialLines is the number of complete console lines read so far; pass it to
 // WaitSerialFrom to wait only for output that comes later.
 func (v *VM) SerialLines() int {
