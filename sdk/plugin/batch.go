@@ -23,13 +23,8 @@ const _ = uint(shm.MaxBatch-codec.MaxBatch) + uint(codec.MaxBatch-shm.MaxBatch)
 func (c *remoteCodec) LeaseBatch(size int) codec.Batch {
 	b := &remoteBatch{c: c}
 	b.reset()
-	if dp := c.inst.dp; dp != nil && size >= 0 {
-		if maxIn, _ := dp.Limits(); size <= maxIn-shm.BatchDataOffset {
-			if l, ok := dp.TryLease(); ok {
-				b.lease, b.leased = l, true
-				return b
-			}
-		}
+	if b.lease, b.leased = c.tryLease(size, shm.BatchDataOffset); b.leased {
+		return b
 	}
 	b.in = c.inst.buffers.get(max(size, 0))
 	return b

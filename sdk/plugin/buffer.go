@@ -23,16 +23,25 @@ var _ codec.Leaser = (*remoteCodec)(nil)
 // and Decode take the same path as Codec.Encode and Codec.Decode.
 func (c *remoteCodec) Lease(size int) codec.Buffer {
 	b := &remoteBuffer{c: c}
-	if dp := c.inst.dp; dp != nil && size >= 0 {
-		if maxIn, _ := dp.Limits(); size <= maxIn {
-			if l, ok := dp.TryLease(); ok {
-				b.lease, b.leased = l, true
-				return b
-			}
-		}
+	if b.lease, b.leased = c.tryLease(size, 0); b.leased {
+		return b
 	}
 	b.in = c.inst.buffers.get(max(size, 0))
 	return b
+}
+
+// tryLease takes a free slot for size bytes of input plus overhead bytes
+// the caller keeps in the slot's input region (a batch's tables), when the
+// shared-memory channel is up and the input fits.
+func (c *remoteCodec) tryLease(size, overhead int) (shm.Lease, bool) {
+	dp := c.inst.dp
+	if dp == nil || size < 0 {
+		return shm.Lease{}, false
+	}
+	if maxIn, _ := dp.Limits(); size > maxIn-overhead {
+		return shm.Lease{}, false
+	}
+	return dp.TryLease()
 }
 
 // remoteBuffer is one codec.Buffer. It is allocated per Lease, never
