@@ -16,9 +16,11 @@ import (
 	"net"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/dwcp/dwcp/host/certs"
+	"github.com/dwcp/dwcp/host/modes"
 	"github.com/dwcp/dwcp/host/pipeline"
 	"github.com/dwcp/dwcp/host/pluginhost"
 	"github.com/dwcp/dwcp/host/transport"
@@ -63,6 +65,10 @@ type Agent struct {
 	plugins  *pluginhost.Host
 	plugErr  error
 	loadTime time.Duration
+
+	// losses holds, per session Dial opened and PlanSession has not
+	// planned yet, the kernel TCP counters of its connections.
+	losses sync.Map // *transport.Session -> *modes.ConnLoss
 }
 
 // Open loads the certificates and starts the plugins in the background;
@@ -176,7 +182,18 @@ func (a *Agent) Dial(ctx context.Context, addr, peerName string, streams int, op
 	if a.client == nil {
 		return nil, fmt.Errorf("no certificates loaded: give --certs")
 	}
-	return transport.Dial(ctx, transport.DialConfig{Addr: addr, PeerName: peerName, TLS: a.client, Streams: streams, Options: opts})
+	// Every connection the session opens (data connections added later
+	// and resumes included) is tracked, so that the probe and the
+	// controller read the kernel's view of the path: retransmissions (the
+	// loss estimate) and ACK-timed RTTs, which a loaded host does not
+	// inflate as it does its user-space pings.
+	loss := &modes.ConnLoss{}
+	sess, err := transport.Dial(ctx, transport.DialConfig{Addr: addr, PeerName: peerName, TLS: a.client, Streams: streams, Options: opts, Dial: loss.WrapDial(nil)})
+	if err != nil {
+		return nil, err
+	}
+	a.losses.Store(sess, loss)
+	return sess, nil
 }
 
 // Listen accepts sessions from peers.

@@ -68,6 +68,11 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 	// The probe measures the bandwidth even when the user chose the mode:
 	// QEMU's max-bandwidth starts from it (effectiveRate in host/cmd/dwcp).
 	pcfg := modes.ProbeConfig{}
+	sampler := modes.TransportSampler{Session: sess}
+	if v, ok := a.losses.LoadAndDelete(sess); ok {
+		loss := v.(*modes.ConnLoss)
+		pcfg.Loss, sampler.Loss = loss, loss
+	}
 	var cache *modes.Cache
 	if a.cfg.StateDir != "" {
 		c, err := modes.OpenCache(a.cfg.StateDir, 0)
@@ -96,7 +101,7 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 	}
 	ctl, err := modes.NewController(modes.ControllerConfig{
 		Settings: settings, Path: probe.Path, Thresholds: overrides.Thresholds, Manual: manual,
-		Streams: sess.Stats().Streams, Resizer: sess, PinStreams: pinStreams, Sampler: modes.TransportSampler{Session: sess},
+		Streams: sess.Stats().Streams, Resizer: sess, PinStreams: pinStreams, Sampler: sampler,
 	})
 	if err != nil {
 		return nil, err

@@ -638,3 +638,47 @@ func TestTrainRates(t *testing.T) {
 		t.Errorf("empty: %+v", r)
 	}
 }
+
+// kernelCounters is a LossSource that reports fixed kernel RTTs.
+type kernelCounters struct{ minRTT time.Duration }
+
+func (k kernelCounters) TCPCounters() (TCPCounters, error) {
+	return TCPCounters{MinRTT: k.minRTT, SRTT: k.minRTT}, nil
+}
+
+// The kernel's ACK-timed minimum RTT replaces pings that a busy host
+// delayed, never pings that were faster.
+func TestProbeTakesTheKernelRTTWhenPingsWereDelayed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, b := memPipe(t, 0, 10*time.Millisecond) // pings read >= 20 ms
+	cached := Path{RTT: 5 * time.Millisecond, Bandwidth: 3 * Gbit, Source: "probe", When: time.Now()}
+	done := respondAsync(ctx, b)
+	res, err := Probe(ctx, a, ProbeConfig{Loss: kernelCounters{minRTT: 5 * time.Millisecond}, Cached: &cached})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r.err != nil {
+		t.Fatal(r.err)
+	}
+	if res.Path.RTT != 5*time.Millisecond || !res.KernelRTT {
+		t.Errorf("pings %v, kernel 5ms: probe says %v (kernel RTT used: %v)", res.RTTs, res.Path.RTT, res.KernelRTT)
+	}
+	// The kernel's RTT confirms the cached path: no burst.
+	if !res.FromCache || len(res.Rounds) != 0 {
+		t.Errorf("with the kernel's RTT matching the cache: from cache %v, %d rounds", res.FromCache, len(res.Rounds))
+	}
+
+	a, b = memPipe(t, 0, 2*time.Millisecond)
+	done = respondAsync(ctx, b)
+	res, err = Probe(ctx, a, ProbeConfig{Loss: kernelCounters{minRTT: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r.err != nil {
+		t.Fatal(r.err)
+	}
+	if res.Path.RTT >= time.Second || res.KernelRTT {
+		t.Errorf("pings %v, kernel 1s: probe says %v (kernel RTT used: %v)", res.RTTs, res.Path.RTT, res.KernelRTT)
+	}
+}
