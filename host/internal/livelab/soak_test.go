@@ -53,8 +53,10 @@ func TestDWCPSoak(t *testing.T) {
 			t.Fatalf("run %d: %v", i, err)
 		}
 		t.Logf("run %d: %.1f s, %d passes, %d bytes on the link", i, row.Total.Seconds(), row.Passes, row.WireBytes)
-		time.Sleep(45 * time.Second)
-		if f := dst.KernelFault(); f != "" {
+		watch, stop := context.WithTimeout(ctx, 45*time.Second)
+		f := dst.WatchKernelFault(watch)
+		stop()
+		if f != "" {
 			faults++
 			t.Logf("run %d: guest fault after migration:\n%s", i, f)
 		} else if hb, err := dst.Heartbeat(); err != nil {

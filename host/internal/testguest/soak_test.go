@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -89,12 +88,8 @@ func soakOnce(t *testing.T, g Guest, mem int, rate int64, wobble bool, relayRate
 		return "", err
 	}
 	defer dst.Close()
-	for i := 0; i < 50; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	// QEMU listens on sock before it serves QMP, so Start, which waits
+	// for QMP, returns with the socket in place.
 	target := sock
 	if relayRate > 0 || os.Getenv("DWCP_SOAK_BURST") != "" {
 		target = filepath.Join(dir, "relay.sock")
@@ -147,12 +142,10 @@ func soakOnce(t *testing.T, g Guest, mem int, rate int64, wobble bool, relayRate
 			return "", err
 		}
 	}
-	from := dst.SerialLines()
 	watch, stop := context.WithTimeout(ctx, 45*time.Second)
 	defer stop()
-	lines, _, err := dst.WaitSerialFrom(watch, from, kernelFault)
-	if err == nil {
-		return strings.Join(lines, "\n") + "\n" + dst.serial.tailText(30), nil
+	if f := dst.WatchKernelFault(watch); f != "" {
+		return f, nil
 	}
 	if ctx.Err() != nil {
 		return "", fmt.Errorf("soak: %w", ctx.Err())

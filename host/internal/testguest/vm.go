@@ -363,6 +363,18 @@ func (v *VM) KernelFault() string {
 	return v.serial.linesFrom(i, 12)
 }
 
+// WatchKernelFault watches the console for a kernel fault until ctx ends
+// and returns it as KernelFault does, or "" when none came. A QEMU that
+// exits meanwhile (a guest panic with -no-reboot) ends the watch too; the
+// caller sees that through Heartbeat or Close.
+func (v *VM) WatchKernelFault(ctx context.Context) string {
+	_ = v.pollSerial(ctx, "a kernel fault", func() bool {
+		i, _ := v.serial.find(0, kernelFault)
+		return i >= 0
+	})
+	return v.KernelFault()
+}
+
 // SerialLines is the number of complete console lines read so far; pass it to
 // WaitSerialFrom to wait only for output that comes later.
 func (v *VM) SerialLines() int {
