@@ -151,10 +151,8 @@ func (r migrateRequest) validate() error {
 		return fmt.Errorf("--downtime %s: want a positive duration up to a minute", r.Downtime)
 	case r.MaxTime <= 0:
 		return fmt.Errorf("--max-time %s: want a positive duration", r.MaxTime)
-	case r.Streams < 0 || r.Streams > 64:
-		return fmt.Errorf("--streams %d: want 0 (sized to the path) or 1..64", r.Streams)
 	}
-	return nil
+	return checkStreams(r.Streams)
 }
 
 // runMigration runs one outgoing migration, described by a request its

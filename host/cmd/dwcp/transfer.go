@@ -124,8 +124,8 @@ func newSendCommand() *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			if streams < 0 || streams > 64 {
-				return fmt.Errorf("--streams %d: want 0 (sized to the path) or 1..64", streams)
+			if err := checkStreams(streams); err != nil {
+				return err
 			}
 			var in io.Reader
 			var size uint64
@@ -285,6 +285,14 @@ func connectAndPlan(ctx context.Context, log io.Writer, a *agent.Agent, to, peer
 // defaultStreams is the data connections a session opens with before the
 // path is measured, when the user did not pin a count.
 const defaultStreams = 4
+
+// checkStreams validates --streams: 0 (sized to the path) or 1..64.
+func checkStreams(n int) error {
+	if n < 0 || n > 64 {
+		return fmt.Errorf("--streams %d: want 0 (sized to the path) or 1..64", n)
+	}
+	return nil
+}
 
 const streamsUsage = "TCP data connections: 0 sizes them to the path (starting with 4), N pins N"
 
