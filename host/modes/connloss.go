@@ -30,6 +30,8 @@ type trackedConn struct {
 	// out of its initial slow start; last the latest reading since.
 	base, last TCPCounters
 	steady     bool
+	// send is the latest SendState read.
+	send SendState
 }
 
 // Track adds connections. Connections that are not TCP sockets (nothing
@@ -108,6 +110,72 @@ func (l *ConnLoss) TCPCounters() (TCPCounters, error) {
 		return sum, fmt.Errorf("tcp counters: %w", firstErr)
 	}
 	return sum, nil
+}
+
+// SendState is the kernel's account of one connection's sending, all
+// cumulative since the connection opened: the bytes the peer acknowledged,
+// and TCP_INFO's chrono statistics (jiffy resolution: 4 ms at HZ=250).
+type SendState struct {
+	// Acked is the bytes the peer's kernel acknowledged.
+	Acked uint64
+	// Busy is the time the connection had data to send; it includes the
+	// two limited times below. Time with nothing to send (the application
+	// did not write fast enough) is not busy.
+	Busy time.Duration
+	// ReceiverLimited is busy time in which the peer's receive window
+	// stalled the sender: the receiving application did not read fast
+	// enough.
+	ReceiverLimited time.Duration
+	// SendBufferLimited is busy time in which the local send buffer was
+	// too small to fill the congestion window.
+	SendBufferLimited time.Duration
+}
+
+// Network is the busy time in which only the congestion window, that is
+// the network, limited the sender.
+func (s SendState) Network() time.Duration {
+	return max(s.Busy-s.ReceiverLimited-s.SendBufferLimited, 0)
+}
+
+// SendStateSource reports SendState per connection, in an order that stays
+// the same between calls (new connections are appended). A LossSource may
+// implement it; the probe then times the bursts by the kernel's
+// acknowledgements too, and tells a round the hosts could not fill the link
+// in from one the link limited (ProbeResult.Path.HostBound).
+type SendStateSource interface {
+	SendStates() ([]SendState, error)
+}
+
+// SendStates implements SendStateSource. A connection that cannot be read
+// any more keeps its last reading.
+func (l *ConnLoss) SendStates() ([]SendState, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.conns) == 0 {
+		return nil, fmt.Errorf("send state: no connections tracked: %w", ErrNoTCPInfo)
+	}
+	out := make([]SendState, len(l.conns))
+	var firstErr error
+	read := 0
+	for i, c := range l.conns {
+		v, err := sendState(c.sc)
+		switch {
+		case err != nil:
+			if firstErr == nil {
+				firstErr = err
+			}
+		case v.Acked >= c.send.Acked && v.Busy >= c.send.Busy:
+			c.send = v
+			read++
+		default:
+			read++
+		}
+		out[i] = c.send
+	}
+	if read == 0 {
+		return nil, fmt.Errorf("send state: %w", firstErr)
+	}
+	return out, nil
 }
 
 // minPositive is the smaller of two durations, 0 meaning unknown.

@@ -11,3 +11,7 @@ import (
 func tcpCounters(syscall.Conn) (TCPCounters, bool, error) {
 	return TCPCounters{}, false, fmt.Errorf("tcp info on %s: %w", runtime.GOOS, ErrNoTCPInfo)
 }
+
+func sendState(syscall.Conn) (SendState, error) {
+	return SendState{}, fmt.Errorf("tcp info on %s: %w", runtime.GOOS, ErrNoTCPInfo)
+}

@@ -71,6 +71,10 @@ type LinkSample struct {
 	DeliveryRate float64 // payload bytes/s the peer consumed
 	Counters     TCPCounters
 	CountersOK   bool
+	// Send is the kernel's account of each data connection's sending
+	// (nil: unknown); the controller tells from it whether a window in
+	// which the sender blocked was held by the network or by the receiver.
+	Send []SendState
 }
 
 // StreamResizer changes the number of data connections of a live
@@ -149,7 +153,13 @@ type Window struct {
 	// StreamRate and WireRate are stream and frame bytes per second;
 	// Link is the link estimate after the window (bytes/s, 0 unknown).
 	StreamRate, WireRate, Link float64
-	Bottleneck                 string // "link", "cpu", "source" or "mixed"
+	Bottleneck                 string // "link", "cpu", "source", "receiver" or "mixed"
+	// NetworkShare is the part of the window in which the network alone
+	// limited the busiest data connection (SendState.Network; negative:
+	// unknown). A sender that blocked while the network limited it for
+	// under half of the window was held by the receiver (Bottleneck
+	// "receiver"): the link's capacity is not what the window carried.
+	NetworkShare float64
 	// RTT is the window's RTT sample (see Controller's path estimate);
 	// Queued reports a standing queue (kernel SRTT well above its
 	// minimum): the window's retransmissions were not counted as loss.
@@ -262,8 +272,15 @@ type Controller struct {
 	// probe, then from windows in which the link was saturated; 0 once an
 	// unsaturated window carried more (the capacity is then unknown, and
 	// only known to be above floor, the last window's wire rate).
-	ceiling, floor           float64
-	lowRuns                  int // saturated windows in a row under half the ceiling
+	ceiling, floor float64
+	lowRuns        int // saturated windows in a row under half the ceiling
+	// fatLink: the mode's lightest step was cpu-bound below a link whose
+	// capacity is unknown (see the classification in observe).
+	fatLink bool
+	// sendPrev is the data connections' SendState at sendAt, the end of
+	// the window before.
+	sendPrev                 []SendState
+	sendAt                   time.Time
 	linkAtBackoff            float64
 	backoffUntil, backoffFor []time.Duration
 	epoch                    time.Time // origin of backoffUntil
@@ -567,6 +584,23 @@ func (c *Controller) evaluate(now time.Time) {
 		ls = c.cfg.Sampler.Sample()
 	}
 	saturated := w.SendBusy >= sendHigh
+	w.NetworkShare = -1
+	if ls.Send != nil {
+		if c.sendPrev != nil && now.Sub(c.sendAt) >= minJudgedSpan {
+			w.NetworkShare = float64(networkTime(c.sendPrev, ls.Send)) / float64(now.Sub(c.sendAt))
+		}
+		c.sendPrev, c.sendAt = ls.Send, now
+	}
+	// A sender blocked on the transport while its connections mostly had
+	// nothing queued, or waited on the peer's receive window, was held by
+	// the receiving host (on a loaded machine, a receiver starved of CPU):
+	// the window says nothing of the link's capacity, only that it
+	// carries at least this much. (Counted as the link's, such windows
+	// left a 2.56 Gbit/s path cached at 499 Mbit/s.)
+	receiverHeld := saturated && w.NetworkShare >= 0 && w.NetworkShare < hostBoundShare
+	if receiverHeld {
+		saturated = false
+	}
 	c.floor = w.WireRate
 	if saturated {
 		link := w.WireRate
@@ -649,6 +683,8 @@ func (c *Controller) evaluate(now time.Time) {
 		w.Bottleneck = "cpu"
 	case saturated:
 		w.Bottleneck = "link"
+	case receiverHeld:
+		w.Bottleneck = "receiver"
 	case sourceBound:
 		w.Bottleneck = "source"
 	default:
@@ -758,7 +794,11 @@ func (c *Controller) evaluate(now time.Time) {
 
 	if !c.cfg.Manual {
 		pc := c.path
-		if c.ceiling <= 0 && !saturated && w.CPUBusy >= cpuLow && cur == c.lo && c.floor >= c.class.t.InternetMaxBandwidth {
+		switch {
+		case saturated || c.ceiling > 0:
+			// The link showed a capacity: it is not beyond this host.
+			c.fatLink = false
+		case w.CPUBusy >= cpuLow && cur == c.lo && c.floor >= c.class.t.InternetMaxBandwidth:
 			// The mode's lightest step cannot fill the link (the encoders,
 			// not the link or the source, hold it back): its capacity
 			// is unknown, only above what this host can send. For the mode
@@ -767,6 +807,13 @@ func (c *Controller) evaluate(now time.Time) {
 			// s2:1 carries ~0.9 Gbit/s of wire: a 4 Gbit/s path seen from
 			// internet or hybrid mode never showed the 1.25 Gbit/s the
 			// classifier wants. The passive path keeps the lower bound.
+			// It sticks until a window shows the link's capacity: windows
+			// between that read mixed or source-bound on a loaded machine
+			// would otherwise reset the classifier's hold (a switch took
+			// 9.4 s at load 6-7).
+			c.fatLink = true
+		}
+		if c.fatLink {
 			pc.Bandwidth = maxBandwidth
 		}
 		if m, changed := c.class.Update(pc, now); changed {
@@ -910,6 +957,9 @@ func (c *Controller) setMode(now time.Time, m Mode, w Window) {
 func (c *Controller) updatePath(now time.Time, ls LinkSample) (time.Duration, bool) {
 	p := c.path
 	p.When, p.Source = now, "passive"
+	// The probe's judgement of the hosts does not carry over to the
+	// passive windows, which judge them by their own rules.
+	p.HostBound = false
 	if l := c.linkEstimate(); l > 0 {
 		p.Bandwidth = math.Min(l, maxBandwidth)
 	}
@@ -1075,11 +1125,14 @@ func (c *Controller) Status() Status {
 }
 
 // Path returns the passive estimate of the path, to store in a Cache when
-// the session ends.
+// the session ends. It is host-bound when the mode's lightest step could
+// not fill the link: its bandwidth is then only what this host could send.
 func (c *Controller) Path() Path {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.path
+	p := c.path
+	p.HostBound = c.fatLink
+	return p
 }
 
 // Summary is the decision log as text for a migration's final report.

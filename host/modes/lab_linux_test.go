@@ -77,7 +77,9 @@ func TestProbeInTheWANLab(t *testing.T) {
 			for attempt := 1; ; attempt++ {
 				done := respondAsync(ctx, srv)
 				var err error
+				st0 := l.Stats()
 				res, err = Probe(ctx, cli, ProbeConfig{Loss: &loss})
+				late := meanLateness(st0, l.Stats(), a.Name, b.Name)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -101,6 +103,17 @@ func TestProbeInTheWANLab(t *testing.T) {
 				hostDelay := res.Path.RTT - cnt.SRTT
 				if attempt < 3 && cerr == nil && cnt.SRTT > 0 && cnt.SRTT <= c.rttHi && res.Path.RTT > c.rttHi && hostDelay > time.Millisecond {
 					t.Logf("attempt %d: the pings read %v, the kernel %v: this host delayed them by %v; probing again", attempt, res.Path.RTT, cnt.SRTT, hostDelay)
+					continue
+				}
+				// The lab's shaper is user-space code sharing two cores
+				// with both ends' TLS: when it hands packets over later,
+				// on average, than the one-way delay it emulates, the
+				// link the probe measured was not the profile's (the dc
+				// link then carried 0.4-1.2 Gbit/s where plain TCP, alone,
+				// gets 3.5-4). The product measured what it was given;
+				// probe again, up to three times.
+				if m := Classify(res.Path, Thresholds{}); attempt < 3 && m != c.want && late > p.RTT/2 {
+					t.Logf("attempt %d: classified %v at %v while the lab's packets were %v late on average (one-way delay %v): the lab was overloaded; probing again", attempt, m, res.Path, late, p.RTT/2)
 					continue
 				}
 				break
@@ -156,4 +169,19 @@ func TestProbeInTheWANLab(t *testing.T) {
 			}
 		})
 	}
+}
+
+// meanLateness is how late, on average, the lab's scheduler handed the
+// packets of direction from->to over between two snapshots.
+func meanLateness(before, after wanlab.Stats, from, to string) time.Duration {
+	for i, b := range after.Links {
+		if b.From != from || b.To != to || i >= len(before.Links) {
+			continue
+		}
+		a := before.Links[i]
+		if n := float64(b.Forwarded - a.Forwarded); n > 0 {
+			return time.Duration((float64(b.LateMean)*float64(b.Forwarded) - float64(a.LateMean)*float64(a.Forwarded)) / n)
+		}
+	}
+	return 0
 }

@@ -52,7 +52,7 @@ func TestWANLabModeFollowsLinkChange(t *testing.T) {
 			defer cancel()
 			res, err := modeslab.LinkChange(ctx, lab, modeslab.LinkChangeConfig{
 				Before: c.before.Link(), After: c.after.Link(), ChangeAfter: 2 * time.Second, Watch: bound + 2*time.Second,
-				Toward: c.toward, Data: data, Codecs: labCodecs(), Sessions: modeslab.SessionOptions{Certs: certs},
+				Toward: c.toward, WantMode: c.want, Data: data, Codecs: labCodecs(), Sessions: modeslab.SessionOptions{Certs: certs},
 			})
 			if err != nil {
 				t.Fatal(err)

@@ -89,6 +89,11 @@ type Path struct {
 	// Source says where the numbers come from: "probe", "cache",
 	// "passive", "config".
 	Source string `json:"source"`
+	// HostBound: the hosts, not the link, set the measured bandwidth. The
+	// kernel saw the sender mostly without data to send or stalled by the
+	// receiver's window (SendTimes), so Bandwidth is what the hosts could
+	// push through DWCP's transport, a lower bound of the link's rate.
+	HostBound bool `json:"host_bound,omitempty"`
 }
 
 // Validate rejects numbers no measurement can produce, so that a damaged
@@ -108,7 +113,11 @@ func (p Path) Validate() error {
 }
 
 func (p Path) String() string {
-	return fmt.Sprintf("rtt %v, %s, loss %.3g%% (%s)", p.RTT.Round(10*time.Microsecond), FormatRate(p.Bandwidth), p.Loss*100, p.Source)
+	bw := FormatRate(p.Bandwidth)
+	if p.HostBound {
+		bw = "at least " + bw + " (host-bound)"
+	}
+	return fmt.Sprintf("rtt %v, %s, loss %.3g%% (%s)", p.RTT.Round(10*time.Microsecond), bw, p.Loss*100, p.Source)
 }
 
 // maxBandwidth bounds bandwidth values (1 TB/s): larger is a measuring
@@ -161,7 +170,9 @@ type Thresholds struct {
 //     which on the 2-core machines measured here carries 1.8-2.4 Gbit/s: a
 //     higher bar would classify the host's CPU, not the path. Which codec
 //     step such a path gets is then the controller's business (above ~1.75
-//     Gbit/s no zstd level keeps up on two cores).
+//     Gbit/s no zstd level keeps up on two cores). A host-bound reading
+//     (Path.HostBound) of at least the internet bar meets the bandwidth
+//     condition: the link is faster than the hosts can use.
 //   - internet: RTT > 30 ms, or bandwidth < 300 Mbit/s, or loss > 0.5 %.
 //     Below ~280 Mbit/s (one encode core) to ~550 Mbit/s (two) zstd's
 //     stronger levels still outrun the link, so bytes come first; long or
@@ -236,7 +247,12 @@ func Classify(p Path, t Thresholds) Mode {
 	switch {
 	case p.RTT > t.InternetMinRTT || p.Bandwidth < t.InternetMaxBandwidth || p.Loss > t.InternetMinLoss:
 		return Internet
-	case p.RTT < t.DatacenterMaxRTT && p.Bandwidth >= t.DatacenterMinBandwidth:
+	case p.RTT < t.DatacenterMaxRTT && (p.Bandwidth >= t.DatacenterMinBandwidth || p.HostBound):
+		// A host-bound reading is the hosts' limit, not the link's: a
+		// short path the hosts cannot fill is a datacenter path whatever
+		// rate they reached, and throughput first is what suits hosts
+		// that are the bottleneck (compressing harder costs the CPU they
+		// lack). Below the internet bandwidth bar it stays internet.
 		return Datacenter
 	}
 	return Hybrid

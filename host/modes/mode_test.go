@@ -32,6 +32,13 @@ func TestClassifyAtTheBoundaries(t *testing.T) {
 		{"unknown rtt counts as short", Path{Bandwidth: 10 * Gbit}, Datacenter},
 		{"wan-100ms-1g", Path{RTT: 100 * ms, Bandwidth: Gbit}, Internet},
 		{"metro 10ms 1G", Path{RTT: 10 * ms, Bandwidth: Gbit}, Hybrid},
+		// A host-bound reading is a lower bound: a short path the hosts
+		// cannot fill is a datacenter path, unless even the bound is thin.
+		{"host-bound short path", Path{RTT: ms, Bandwidth: 500 * Mbit, HostBound: true}, Datacenter},
+		{"host-bound under the internet bar", Path{RTT: ms, Bandwidth: math.Nextafter(inBW, 0), HostBound: true}, Internet},
+		{"host-bound metro", Path{RTT: 10 * ms, Bandwidth: 500 * Mbit, HostBound: true}, Hybrid},
+		{"host-bound long path", Path{RTT: 60 * ms, Bandwidth: 5 * Gbit, HostBound: true}, Internet},
+		{"host-bound lossy fabric", Path{RTT: ms, Bandwidth: 500 * Mbit, Loss: 0.01, HostBound: true}, Internet},
 	} {
 		if got := Classify(c.p, d); got != c.want {
 			t.Errorf("%s: Classify(%v) = %v, want %v", c.name, c.p, got, c.want)

@@ -682,3 +682,69 @@ func TestProbeTakesTheKernelRTTWhenPingsWereDelayed(t *testing.T) {
 		t.Errorf("pings %v, kernel 1s: probe says %v (kernel RTT used: %v)", res.RTTs, res.Path.RTT, res.KernelRTT)
 	}
 }
+
+// clockSendState is a SendStateSource whose one connection's peer
+// acknowledges ackRate bytes/s from its creation on, and is busy (the
+// network limiting it) all the time or never.
+type clockSendState struct {
+	start   time.Time
+	ackRate float64
+	busy    bool
+}
+
+func (c clockSendState) TCPCounters() (TCPCounters, error) { return TCPCounters{}, ErrNoTCPInfo }
+
+func (c clockSendState) SendStates() ([]SendState, error) {
+	d := time.Since(c.start)
+	s := SendState{Acked: uint64(c.ackRate * d.Seconds())}
+	if c.busy {
+		s.Busy = d
+	}
+	return []SendState{s}, nil
+}
+
+func TestProbeJudgesRoundsByTheKernelsSendState(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// A 20 MB/s pipe: its rounds last long enough to be judged.
+	const rate = 20e6
+	for _, c := range []struct {
+		name      string
+		src       clockSendState
+		hostBound bool
+		bwLo      float64
+	}{
+		// The sender's queue was full all the time: the link set the pace.
+		{"link-bound", clockSendState{ackRate: rate, busy: true}, false, 0.6 * rate},
+		// The sender had nothing queued: the hosts set the pace.
+		{"sender idle", clockSendState{ackRate: rate, busy: false}, true, 0.6 * rate},
+		// The peer's kernel acknowledged faster than the responder read:
+		// the acknowledgements, not the late arrivals, time the link.
+		{"receiver reads late", clockSendState{ackRate: 4 * rate, busy: true}, false, 2.5 * rate},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			a, b := memPipe(t, rate, time.Millisecond)
+			done := respondAsync(ctx, b)
+			src := c.src
+			src.start = time.Now()
+			res, err := Probe(ctx, a, ProbeConfig{MessageSize: 64 << 10, Loss: src})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := <-done; r.err != nil {
+				t.Fatal(r.err)
+			}
+			t.Logf("%v, rounds %+v", res.Path, res.Rounds)
+			last := res.Rounds[len(res.Rounds)-1]
+			if !last.NetworkKnown || last.KernelRate <= 0 || last.AckSpan < minJudgedSpan {
+				t.Fatalf("last round %+v: the kernel's view is missing", last)
+			}
+			if res.Path.HostBound != c.hostBound {
+				t.Errorf("host-bound %v, want %v", res.Path.HostBound, c.hostBound)
+			}
+			if res.Path.Bandwidth < c.bwLo {
+				t.Errorf("bandwidth %s, want at least %s", FormatRate(res.Path.Bandwidth), FormatRate(c.bwLo))
+			}
+		})
+	}
+}

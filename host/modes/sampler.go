@@ -21,6 +21,11 @@ func (s TransportSampler) Sample() LinkSample {
 		if c, err := s.Loss.TCPCounters(); err == nil {
 			ls.Counters, ls.CountersOK = c, true
 		}
+		if src, ok := s.Loss.(SendStateSource); ok {
+			if st, err := src.SendStates(); err == nil {
+				ls.Send = st
+			}
+		}
 	}
 	return ls
 }

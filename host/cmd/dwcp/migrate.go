@@ -56,10 +56,13 @@ type pathSummary struct {
 	Loss         float64 `json:"loss"`
 	Source       string  `json:"source"`
 	ProbeMs      float64 `json:"probe_ms"`
+	// HostBound: the hosts could not fill the path; the bandwidth is a
+	// lower bound (modes.Path.HostBound).
+	HostBound bool `json:"host_bound"`
 }
 
 func summarizePath(r modes.ProbeResult) pathSummary {
-	return pathSummary{RTTMs: ms(r.Path.RTT), BandwidthBps: r.Path.Bandwidth * 8, Loss: r.Path.Loss, Source: r.Path.Source, ProbeMs: ms(r.Elapsed)}
+	return pathSummary{RTTMs: ms(r.Path.RTT), BandwidthBps: r.Path.Bandwidth * 8, Loss: r.Path.Loss, Source: r.Path.Source, ProbeMs: ms(r.Elapsed), HostBound: r.Path.HostBound}
 }
 
 type switchoverMs struct {

@@ -127,6 +127,10 @@ type LinkChangeConfig struct {
 	// decision the other way (made on windows from before the sender felt
 	// the change) does not count.
 	Toward int
+	// WantMode, when set, is the mode awaited: the first mode decision to
+	// it counts, not one to a mode on the way (internet to datacenter may
+	// pass through hybrid while the link estimate grows).
+	WantMode modes.Mode
 	// Data is the stream, repeated for as long as the transfer runs.
 	Data   []byte
 	Codecs []pipeline.Codec
@@ -150,9 +154,9 @@ type LinkChangeResult struct {
 	StartStep string
 	// ChangedAt is when After was applied.
 	ChangedAt time.Time
-	// ModeChange and LevelChange are the first mode decision and the
-	// first level decision towards cfg.Toward after the change (nil: none
-	// within Watch).
+	// ModeChange is the first mode decision after the change (to
+	// cfg.WantMode when set), LevelChange the first level decision towards
+	// cfg.Toward (nil: none within Watch).
 	ModeChange, LevelChange *modes.Decision
 	// LevelChosen and LevelSent are when the first batch with
 	// LevelChange's choice was chosen and sent (zero: not within Watch).
@@ -251,7 +255,7 @@ func LinkChange(ctx context.Context, lab *wanlab.Lab, cfg LinkChangeConfig) (*Li
 				continue
 			}
 			switch {
-			case d.Kind == modes.KindMode && res.ModeChange == nil:
+			case d.Kind == modes.KindMode && res.ModeChange == nil && (cfg.WantMode == 0 || d.To == cfg.WantMode.String()):
 				res.ModeChange = &d
 			case d.Kind == modes.KindLevel && res.LevelChange == nil && towards(settings.Ladder, d, cfg.Toward):
 				res.LevelChange = &d

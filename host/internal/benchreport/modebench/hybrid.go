@@ -54,11 +54,12 @@ var (
 // dc profile (its MTU: a lab's MTU cannot change while it runs).
 var switchScenarios = []struct {
 	name          string
-	before, after string // profiles whose link settings apply
-	toward        int    // the level move the new link calls for: +1 heavier, -1 lighter
+	before, after string     // profiles whose link settings apply
+	toward        int        // the level move the new link calls for: +1 heavier, -1 lighter
+	want          modes.Mode // the mode the new link calls for
 }{
-	{"datacenter → internet", "dc", "internet", +1},
-	{"internet → datacenter", "internet", "dc", -1},
+	{"datacenter → internet", "dc", "internet", +1, modes.Internet},
+	{"internet → datacenter", "internet", "dc", -1, modes.Datacenter},
 }
 
 func runHybrid(ctx context.Context, env *benchreport.Env, s *benchreport.Section) error {

@@ -301,7 +301,7 @@ func switchLatency(ctx context.Context, env *benchreport.Env, s *benchreport.Sec
 			rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 			res, err := modeslab.LinkChange(rctx, lab, modeslab.LinkChangeConfig{
 				Before: before.Link(), After: after.Link(), ChangeAfter: changeAfter, Watch: watch,
-				Toward: sc.toward, Data: data, Codecs: codecs, Sessions: modeslab.SessionOptions{Certs: certs},
+				Toward: sc.toward, WantMode: sc.want, Data: data, Codecs: codecs, Sessions: modeslab.SessionOptions{Certs: certs},
 			})
 			cancel()
 			if err != nil {
