@@ -34,13 +34,17 @@ type DestResult struct {
 	// VM is the destination VM's address when a migration ran.
 	VM     string
 	Status hypervisor.Status
+	// Paused: the migration completed and, as the hello asked (suspend),
+	// the VM was left loaded and paused instead of resumed.
+	Paused bool
 }
 
 // Destination serves one session: a migration (the hello carries a
 // migration id) or a plain stream. For a migration it prepares the VM,
 // feeds it only verified bytes, waits for the hypervisor to finish
-// loading, resumes the VM and reports to the source; on any failure it
-// discards the VM it prepared and tells the source.
+// loading, resumes the VM (or, when the hello asks for suspend, leaves it
+// paused) and reports to the source; on any failure it discards the VM it
+// prepared and tells the source.
 func Destination(ctx context.Context, c Conn, opts DestOptions) (res DestResult, err error) {
 	note := func(format string, args ...any) {
 		if opts.OnEvent != nil {
@@ -52,6 +56,7 @@ func Destination(ctx context.Context, c Conn, opts DestOptions) (res DestResult,
 	var qemu net.Conn
 	var finishRaw func(bool) error
 	var cleanup func()
+	var suspend bool
 	defer func() {
 		if qemu != nil {
 			qemu.Close()
@@ -81,6 +86,19 @@ func Destination(ctx context.Context, c Conn, opts DestOptions) (res DestResult,
 		if hv, err = opts.Hypervisor(hvName); err != nil {
 			return nil, nil, err
 		}
+		if h.Suspend {
+			// Checked before any VM exists: a plugin that cannot leave
+			// the VM paused must not get this migration at all.
+			can, err := hypervisor.CanFinishPaused(ctx, hv)
+			if err != nil {
+				return nil, nil, fmt.Errorf("migration %s asks to leave the VM paused: %w", h.MigrationId, err)
+			}
+			if !can {
+				return nil, nil, fmt.Errorf("migration %s asks to leave the VM paused (suspend), but the %s hypervisor plugin on this host cannot: %w",
+					h.MigrationId, hvName, ErrSuspendUnsupported)
+			}
+			suspend = true
+		}
 		var sock string
 		if sock, cleanup, err = endpoint(opts.SocketDir, "in.sock"); err != nil {
 			return nil, nil, err
@@ -101,6 +119,9 @@ func Destination(ctx context.Context, c Conn, opts DestOptions) (res DestResult,
 		}
 		return qemu, qemu, nil
 	}
+	// Confirming suspend in the accept is what lets the source go on: a
+	// destination that does not know the field never confirms it.
+	cfg.Accepting = func(acc *streamv1.Accept) { acc.Suspend = suspend }
 	hello, sum, err := pipeline.Receive(ctx, c, cfg, nil)
 	res.Hello, res.Pipeline = hello, sum
 	if hello == nil || hello.MigrationId == "" {
@@ -136,6 +157,19 @@ func Destination(ctx context.Context, c Conn, opts DestOptions) (res DestResult,
 	}
 	if st.State != "completed" {
 		return fail(fmt.Errorf("destination hypervisor ended the migration %q: %s", st.State, st.Error))
+	}
+	if suspend {
+		if st, err = hv.(hypervisor.PausedFinisher).FinishMigrationPaused(ctx, id); err != nil {
+			return fail(fmt.Errorf("leave destination VM paused: %w", err))
+		}
+		res.Status, res.Paused = st, true
+		note("destination VM %s loaded and left paused, as the source asked", res.VM)
+		if err := sendResult(ctx, c, &streamv1.MigrationResult{Paused: true, Vm: res.VM}); err != nil {
+			// The source resumes its own copy without this message; ours
+			// is paused and stays so until someone continues it.
+			return res, fmt.Errorf("report to the source: %w (the paused VM %s here must not be continued: the source resumes its own)", err, res.VM)
+		}
+		return res, nil
 	}
 	if st, err = hv.FinishMigration(ctx, id, true); err != nil {
 		return fail(fmt.Errorf("resume destination VM: %w", err))

@@ -38,6 +38,11 @@ type Conn = pipeline.Conn
 // VM was resumed.
 var ErrDestinationFailed = errors.New("destination did not run the VM")
 
+// ErrSuspendUnsupported: a migration asked to leave the destination VM
+// paused, and the destination host (an older dwcp) or its hypervisor
+// plugin cannot. The migration is refused before it starts.
+var ErrSuspendUnsupported = errors.New("destination cannot leave the VM paused")
+
 // endpoint is a unix socket path in a private directory.
 func endpoint(dir, name string) (string, func(), error) {
 	d, err := os.MkdirTemp(dir, "dwcp-mig-")
@@ -99,8 +104,16 @@ func (l *lazyConn) SetReadDeadline(t time.Time) error {
 		}
 		return nil
 	default:
-		// Not connected yet: closing the listener ends the wait.
-		return l.ln.Close()
+		// Not connected yet: closing the listener ends a pending accept.
+		// When none was started (the destination refused at the hello,
+		// before QEMU was told to migrate), nothing else would ever end
+		// the wait, so it is ended here.
+		err := l.ln.Close()
+		l.once.Do(func() {
+			l.err = fmt.Errorf("QEMU never connected: %w", net.ErrClosed)
+			close(l.ready)
+		})
+		return err
 	}
 }
 

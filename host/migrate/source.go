@@ -53,6 +53,11 @@ type SourceOptions struct {
 	// queue to drain. It applies when the connection can cap itself
 	// (transport.Session.SetSendWindow).
 	SendWindow func() int64
+	// Suspend leaves the destination VM paused once the migration
+	// completed (`dwcp migrate --suspend`). A destination that does not
+	// confirm it in its accept (an older host, a plugin that cannot) is
+	// refused before QEMU starts migrating.
+	Suspend bool
 }
 
 // Result describes a finished migration.
@@ -61,8 +66,12 @@ type Result struct {
 	Source      hypervisor.Status // the source hypervisor's final status
 	Pipeline    pipeline.Summary
 	Destination string // the destination VM's address there
+	// DestinationPaused: the destination VM is loaded and paused, as
+	// SourceOptions.Suspend asked; it runs once someone continues it.
+	DestinationPaused bool
 	// Downtime runs from the moment the source QEMU stopped the VM for the
-	// final pass to the moment the destination VM ran: by the
+	// final pass to the moment the destination VM ran (with Suspend: to
+	// the destination's report that it is loaded and paused): by the
 	// destination's clock when it is consistent with the source's (see
 	// Switchover), else until the destination's report arrived (one
 	// network trip more).
@@ -231,11 +240,19 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 		h.DestinationConfig = info.Config.Data
 		h.DestinationHypervisor = info.Config.Hypervisor
 		h.Name = info.Name
+		h.Suspend = opts.Suspend
 	}
 	started := make(chan error, 1)
 	cfg := pipeline.SourceConfig{
 		Codecs: opts.Codecs, Policy: opts.Policy, PageStage: opts.PageStage, Kind: pipeline.KindQEMU,
 		Name: info.Name, ExpectedLength: info.MemoryBytes, ReturnPath: qemu, Mode: opts.Mode, Hello: hello, History: opts.History,
+		CheckAccept: func(acc *streamv1.Accept) error {
+			if opts.Suspend && !acc.Suspend {
+				return fmt.Errorf("destination host %q did not confirm that it will leave the VM paused (a dwcp without --suspend would run it): %w",
+					acc.Destination, ErrSuspendUnsupported)
+			}
+			return nil
+		},
 		Accepted: func() {
 			// The destination VM listens now: start QEMU's side.
 			go qemu.accept()
@@ -291,11 +308,17 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 	if err != nil {
 		return res, err
 	}
-	if !result.Running {
+	paused := opts.Suspend && result.Paused && !result.Running
+	if !result.Running && !paused {
 		return res, fmt.Errorf("%w: %s", ErrDestinationFailed, result.Error)
 	}
 	runningAt := time.Now()
-	note("destination VM running")
+	res.DestinationPaused = paused
+	if paused {
+		note("destination VM loaded and paused")
+	} else {
+		note("destination VM running")
+	}
 	res.Destination = result.Vm
 	mu.Lock()
 	if !stopAt.IsZero() {

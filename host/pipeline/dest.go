@@ -35,6 +35,10 @@ type DestConfig struct {
 	// and returns where the stream goes and where return-path bytes come
 	// from (nil: none).
 	Accept func(ctx context.Context, h *streamv1.Hello) (out io.Writer, ret io.Reader, err error)
+	// Accepting, if set, may add fields to the accept before it is sent
+	// (after Accept succeeded): what the destination confirms of the
+	// hello's requests.
+	Accepting func(*streamv1.Accept)
 	// Name is reported to the source.
 	Name string
 	// History, when set, records QEMU streams that arrive through the page
@@ -116,6 +120,9 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 		acc.Codecs = append(acc.Codecs, uint32(id))
 	}
 	hist.accept(acc)
+	if cfg.Accepting != nil {
+		cfg.Accepting(acc)
+	}
 	f, err := marshalFrame(wire.TypeAccept, acc)
 	if err != nil {
 		return hello, prog.Snapshot(), err

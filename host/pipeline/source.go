@@ -82,6 +82,11 @@ type SourceConfig struct {
 	Mode string
 	// Hello lets the caller add fields (migration id, destination config).
 	Hello func(*streamv1.Hello)
+	// CheckAccept, if set, sees the destination's accept before anything
+	// else happens: an error aborts the session (the destination is told)
+	// before any input is read. A migration refuses there a destination
+	// that did not confirm what the hello asked of it.
+	CheckAccept func(*streamv1.Accept) error
 	// Accepted, if set, is called once the destination accepted the
 	// stream, before any input is read (a migration starts QEMU's side
 	// only then).
@@ -208,6 +213,11 @@ func Send(ctx context.Context, in io.Reader, c Conn, cfg SourceConfig, prog *Pro
 		cfg.Hello(hello)
 	}
 	acc, err := handshakeSource(ctx, c, hello)
+	if err == nil && cfg.CheckAccept != nil {
+		if err = cfg.CheckAccept(acc); err != nil {
+			sendAbort(ctx, c, streamv1.AbortCode_ABORT_CODE_UNSUPPORTED, err)
+		}
+	}
 	if err != nil {
 		cancel()
 		_ = g.Wait()

@@ -22,7 +22,8 @@ type HypervisorOptions struct {
 // CheckHypervisor checks the parts of the hypervisor contract that hold
 // without a VM to migrate: capabilities are described, listing works, and
 // every call naming a VM or migration that does not exist fails with
-// sdk.ErrNotFound (never a panic, a hang or a vague error). Live migration
+// sdk.ErrNotFound (never a panic, a hang or a vague error), including the
+// optional FinishMigrationPaused when the plugin offers it. Live migration
 // itself needs real VMs and is tested by the driver's own end-to-end tests.
 func CheckHypervisor(ctx context.Context, h hypervisor.Hypervisor, opts HypervisorOptions) Report {
 	subject := opts.Subject
@@ -156,6 +157,31 @@ func hypervisorChecks(h hypervisor.Hypervisor, opts HypervisorOptions) []check {
 			_, err := h.FinishMigration(ctx, ghostID, false)
 			return err
 		}),
+		{"not-found/finish-paused", func(ctx context.Context, s *state) {
+			ctx, cancel := call(ctx)
+			defer cancel()
+			can, err := hypervisor.CanFinishPaused(ctx, h)
+			switch {
+			case err != nil && errIsAny(err, sdk.ErrUnavailable):
+				s.skipf("hypervisor unavailable here: %v", err)
+				return
+			case err != nil:
+				s.failf("CanFinishPaused: %v", err)
+				return
+			case !can:
+				s.skipf("FinishMigrationPaused not offered (optional: hypervisor.PausedFinisher)")
+				return
+			}
+			_, err = h.(hypervisor.PausedFinisher).FinishMigrationPaused(ctx, ghostID)
+			switch {
+			case err == nil:
+				s.failf("FinishMigrationPaused of a migration that does not exist succeeded; want an error wrapping sdk.ErrNotFound")
+			case ctx.Err() != nil:
+				s.failf("FinishMigrationPaused did not answer within %s", timeout)
+			case !errIsAny(err, sdk.ErrNotFound):
+				s.failf("FinishMigrationPaused: %v; want an error wrapping sdk.ErrNotFound so the host can tell it apart", err)
+			}
+		}},
 		notFound("watch", func(ctx context.Context) error {
 			events, err := h.WatchMigration(ctx, ghostID)
 			if err != nil {

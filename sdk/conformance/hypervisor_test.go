@@ -66,3 +66,32 @@ func TestHypervisorKitCatchesContractBreaches(t *testing.T) {
 		t.Errorf("panic not reported: %q", failed["not-found/cancel"])
 	}
 }
+
+// pausingVague offers FinishMigrationPaused and answers it vaguely.
+type pausingVague struct{ vagueHypervisor }
+
+func (pausingVague) Capabilities(context.Context) (hypervisor.Capabilities, error) {
+	return hypervisor.Capabilities{Hypervisor: "vague", FinishPaused: true}, nil
+}
+
+func (pausingVague) FinishMigrationPaused(context.Context, string) (hypervisor.Status, error) {
+	return hypervisor.Status{}, errVague
+}
+
+func TestHypervisorKitChecksFinishPaused(t *testing.T) {
+	status := func(h hypervisor.Hypervisor) Status {
+		for _, r := range CheckHypervisor(context.Background(), h, HypervisorOptions{}).Results {
+			if r.Name == "not-found/finish-paused" {
+				return r.Status
+			}
+		}
+		t.Fatal("no not-found/finish-paused check")
+		return StatusPass
+	}
+	if got := status(pausingVague{}); got != StatusFail {
+		t.Errorf("a vague FinishMigrationPaused: %s, want %s", got, StatusFail)
+	}
+	if got := status(vagueHypervisor{}); got != StatusSkip {
+		t.Errorf("a hypervisor without FinishMigrationPaused: %s, want %s", got, StatusSkip)
+	}
+}

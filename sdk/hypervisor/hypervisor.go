@@ -8,6 +8,7 @@ package hypervisor
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -52,6 +53,41 @@ type Capabilities struct {
 	MigrationCapabilities []string
 	MigrationParameters   []string
 	CanStartDestination   bool
+	// FinishPaused: the plugin can end an incoming migration with the VM
+	// loaded and paused (it implements PausedFinisher). The SDK's plugin
+	// server sets it from the implementation, whatever Capabilities says;
+	// an in-process implementation sets it itself.
+	FinishPaused bool
+}
+
+// PausedFinisher is an optional interface of a Hypervisor: ending a
+// completed incoming migration with the VM loaded but not running, for an
+// operator who resumes it later (`dwcp migrate --suspend`, as `virsh
+// migrate --suspend`) or a check of its memory before it runs. A separate
+// interface, so that plugins built against an SDK without it still
+// compile and are known not to have it.
+type PausedFinisher interface {
+	// FinishMigrationPaused ends the destination side of migration id once
+	// it completed, leaving the VM paused, and releases it like
+	// FinishMigration does. It must never run the VM: when the VM cannot
+	// be left paused (it already runs, the migration did not complete) it
+	// fails with sdk.ErrFailedPrecondition.
+	FinishMigrationPaused(ctx context.Context, id string) (Status, error)
+}
+
+// CanFinishPaused reports whether h can end an incoming migration paused:
+// it implements PausedFinisher and its capabilities say so (a plugin
+// client always has the method; the capability tells whether the plugin
+// behind it does).
+func CanFinishPaused(ctx context.Context, h Hypervisor) (bool, error) {
+	if _, ok := h.(PausedFinisher); !ok {
+		return false, nil
+	}
+	caps, err := h.Capabilities(ctx)
+	if err != nil {
+		return false, fmt.Errorf("hypervisor capabilities: %w", err)
+	}
+	return caps.FinishPaused, nil
 }
 
 // VMRef names a VM: a QMP socket path, a libvirt domain, as the plugin

@@ -268,3 +268,31 @@ func (h *remoteHypervisor) FinishMigration(ctx context.Context, id string, resum
 	}
 	return statusFromPB(resp.Status), nil
 }
+
+// FinishMigrationPaused implements hypervisor.PausedFinisher for every
+// plugin client; hypervisor.CanFinishPaused tells whether the plugin
+// behind it can. It asks the plugin only when its fingerprint says so: a
+// plugin built before keep_paused existed would read the request as
+// resume=false and discard the VM. A reply that does not confirm the VM
+// is paused is an error.
+func (h *remoteHypervisor) FinishMigrationPaused(ctx context.Context, id string) (hypervisor.Status, error) {
+	caps, err := h.Capabilities(ctx)
+	if err != nil {
+		return hypervisor.Status{}, fmt.Errorf("finish migration %s paused: %w", id, err)
+	}
+	if !caps.FinishPaused {
+		return hypervisor.Status{}, fmt.Errorf("finish migration %s paused: plugin %s cannot leave a VM paused (built against an SDK without PausedFinisher, or does not implement it): %w",
+			id, h.inst.desc.Name, sdk.ErrUnsupported)
+	}
+	resp, err := h.client.FinishMigration(ctx, &pb.FinishMigrationRequest{MigrationId: id, KeepPaused: true})
+	if err != nil {
+		return hypervisor.Status{}, h.inst.annotate("finish migration paused", err)
+	}
+	st := statusFromPB(resp.Status)
+	if !resp.Paused {
+		return st, fmt.Errorf("finish migration %s paused: plugin %s did not confirm the VM is paused: %w", id, h.inst.desc.Name, sdk.ErrFailedPrecondition)
+	}
+	return st, nil
+}
+
+var _ hypervisor.PausedFinisher = (*remoteHypervisor)(nil)

@@ -115,6 +115,7 @@ func hvCapsToPB(c hypervisor.Capabilities) *pb.HypervisorCapabilities {
 		MigrationCapabilities: c.MigrationCapabilities,
 		MigrationParameters:   c.MigrationParameters,
 		CanStartDestination:   c.CanStartDestination,
+		CanFinishPaused:       c.FinishPaused,
 	}
 }
 
@@ -126,6 +127,7 @@ func hvCapsFromPB(p *pb.HypervisorCapabilities) hypervisor.Capabilities {
 		MigrationCapabilities: p.GetMigrationCapabilities(),
 		MigrationParameters:   p.GetMigrationParameters(),
 		CanStartDestination:   p.GetCanStartDestination(),
+		FinishPaused:          p.GetCanFinishPaused(),
 	}
 }
 

@@ -15,10 +15,11 @@ import (
 	"github.com/dwcp/dwcp/sdk/plugin"
 )
 
-func buildFixture(t *testing.T, name string) string {
+func buildFixture(t *testing.T, name string, flags ...string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), name)
-	if b, err := exec.Command("go", "build", "-o", out, "./testdata/"+name).CombinedOutput(); err != nil {
+	args := append(append([]string{"build", "-o", out}, flags...), "./testdata/"+name)
+	if b, err := exec.Command("go", args...).CombinedOutput(); err != nil {
 		t.Fatalf("build %s: %v\n%s", name, err, b)
 	}
 	return out
@@ -98,5 +99,70 @@ func TestHypervisorConformanceKitOnFixture(t *testing.T) {
 	passed, _, _ := rep.Counts()
 	if passed < 10 {
 		t.Fatalf("only %d checks passed:\n%s", passed, rep.String())
+	}
+}
+
+// A plugin that implements PausedFinisher advertises it, and a paused
+// finish crosses the boundary; one built without it (as against an older
+// SDK) is refused in the host before any request that an old plugin would
+// read as "discard the VM".
+func TestFinishPausedCrossesTheBoundary(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		flags  []string
+		paused bool
+	}{
+		{"current", nil, true},
+		{"legacy", []string{"-ldflags", "-X main.legacy=1"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			inst, err := plugin.Launch(ctx, plugin.LaunchConfig{Path: buildFixture(t, "testhv", tc.flags...)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer inst.Close()
+			h, err := inst.Hypervisor()
+			if err != nil {
+				t.Fatal(err)
+			}
+			can, err := hypervisor.CanFinishPaused(ctx, h)
+			if err != nil || can != tc.paused {
+				t.Fatalf("CanFinishPaused = %v, %v; want %v", can, err, tc.paused)
+			}
+			id, _, err := h.PrepareDestination(ctx, hypervisor.DestinationRequest{IncomingEndpoint: "/tmp/in.sock",
+				Config: hypervisor.VMConfig{Hypervisor: "testhv", Data: []byte("cfg")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pf := h.(hypervisor.PausedFinisher)
+			st, err := pf.FinishMigrationPaused(ctx, id)
+			if !tc.paused {
+				if !errors.Is(err, sdk.ErrUnsupported) {
+					t.Fatalf("paused finish on a plugin without it: %v, want sdk.ErrUnsupported", err)
+				}
+				// Nothing reached the plugin: the migration is still there.
+				if _, err := h.QueryMigration(ctx, id); err != nil {
+					t.Fatalf("the refused call touched the migration: %v", err)
+				}
+				return
+			}
+			if err != nil || st.State != "completed" || st.TotalTime != 2500*time.Millisecond {
+				t.Fatalf("paused finish: %+v %v", st, err)
+			}
+			if _, err := h.QueryMigration(ctx, id); !errors.Is(err, sdk.ErrNotFound) {
+				t.Fatalf("migration after a paused finish: %v, want forgotten", err)
+			}
+			if _, err := pf.FinishMigrationPaused(ctx, id); !errors.Is(err, sdk.ErrNotFound) {
+				t.Fatalf("second paused finish: %v, want sdk.ErrNotFound", err)
+			}
+			src, _, err := h.PrepareSource(ctx, hypervisor.VMRef{Address: "/run/testhv/vm1.qmp"}, hypervisor.Params{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := pf.FinishMigrationPaused(ctx, src); !errors.Is(err, sdk.ErrFailedPrecondition) {
+				t.Fatalf("paused finish of a source: %v, want sdk.ErrFailedPrecondition", err)
+			}
+		})
 	}
 }

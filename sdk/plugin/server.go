@@ -61,6 +61,8 @@ func (s *infoServer) Fingerprint(ctx context.Context, _ *pb.FingerprintRequest) 
 			resp.Health = pb.Health_HEALTH_UNHEALTHY
 			resp.HealthDetail = err.Error()
 		}
+		// What the server can serve decides, not what the plugin claims.
+		_, caps.FinishPaused = impl.(hypervisor.PausedFinisher)
 		resp.Capabilities = &pb.FingerprintResponse_Hypervisor{Hypervisor: hvCapsToPB(caps)}
 	}
 	return resp, nil
@@ -236,9 +238,29 @@ func (s *hypervisorServer) CancelMigration(ctx context.Context, req *pb.CancelMi
 }
 
 func (s *hypervisorServer) FinishMigration(ctx context.Context, req *pb.FinishMigrationRequest) (*pb.FinishMigrationResponse, error) {
+	if req.GetKeepPaused() {
+		return s.finishPaused(ctx, req)
+	}
 	st, err := s.impl.FinishMigration(ctx, req.GetMigrationId(), req.GetResume())
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &pb.FinishMigrationResponse{Status: statusToPB(st)}, nil
+}
+
+// finishPaused serves FinishMigration with keep_paused. Resume and
+// keep_paused together contradict each other: refused rather than guessed.
+func (s *hypervisorServer) finishPaused(ctx context.Context, req *pb.FinishMigrationRequest) (*pb.FinishMigrationResponse, error) {
+	if req.GetResume() {
+		return nil, toStatus(fmt.Errorf("finish migration %s: resume and keep_paused both set: %w", req.GetMigrationId(), sdk.ErrInvalidArgument))
+	}
+	pf, ok := s.impl.(hypervisor.PausedFinisher)
+	if !ok {
+		return nil, toStatus(fmt.Errorf("finish migration %s paused: this plugin cannot leave a VM paused: %w", req.GetMigrationId(), sdk.ErrUnsupported))
+	}
+	st, err := pf.FinishMigrationPaused(ctx, req.GetMigrationId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.FinishMigrationResponse{Status: statusToPB(st), Paused: true}, nil
 }

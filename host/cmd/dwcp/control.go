@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,6 +34,22 @@ const maxControlRequest = 64 << 10
 
 type controlRequest struct {
 	Migrate *migrateRequest `json:"migrate,omitempty"`
+	// MigrateStrict is a migrate request that sets a field a daemon
+	// without it would ignore to a different effect (suspend: such a
+	// daemon would run the VM on the destination). A daemon that does not
+	// know this key refuses the request ("not a migrate request") instead.
+	MigrateStrict *migrateRequest `json:"migrate_strict,omitempty"`
+}
+
+// errOldDaemon is how a daemon without migrate_strict answers it.
+const errOldDaemon = "not a migrate request"
+
+// request is the migrate request of whichever key carries it.
+func (r controlRequest) request() *migrateRequest {
+	if r.MigrateStrict != nil {
+		return r.MigrateStrict
+	}
+	return r.Migrate
 }
 
 type controlMessage struct {
@@ -78,7 +95,11 @@ func delegateMigration(ctx context.Context, sock string, req migrateRequest, log
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	if err := json.NewEncoder(conn).Encode(controlRequest{Migrate: &req}); err != nil {
+	creq := controlRequest{Migrate: &req}
+	if req.Suspend {
+		creq = controlRequest{MigrateStrict: &req}
+	}
+	if err := json.NewEncoder(conn).Encode(creq); err != nil {
 		return migrateSummary{}, fmt.Errorf("control socket %s: send request: %w", sock, err)
 	}
 	dec := json.NewDecoder(bufio.NewReader(conn))
@@ -91,6 +112,8 @@ func delegateMigration(ctx context.Context, sock string, req migrateRequest, log
 			return migrateSummary{}, fmt.Errorf("the host's dwcp serve went away during the migration (%v); it cancels the migration when it can, see its log", err)
 		}
 		switch {
+		case m.Error != "" && creq.MigrateStrict != nil && strings.Contains(m.Error, errOldDaemon):
+			return migrateSummary{}, fmt.Errorf("the host's dwcp serve is older than --suspend and refused the request (%s): restart it with this dwcp, or run with --local", m.Error)
 		case m.Error != "":
 			return migrateSummary{}, errors.New(m.Error)
 		case m.Result != nil:
@@ -194,11 +217,13 @@ func (c *controlServer) handle(ctx context.Context, conn net.Conn) {
 		_ = out.send(controlMessage{Error: fmt.Sprintf("control request: %v (one JSON line of at most %d bytes)", err, maxControlRequest)})
 		return
 	}
-	var req controlRequest
-	if err := json.Unmarshal(line, &req); err != nil || req.Migrate == nil {
-		_ = out.send(controlMessage{Error: fmt.Sprintf("control request: not a migrate request: %v", err)})
+	var creq controlRequest
+	if err := json.Unmarshal(line, &creq); err != nil || creq.request() == nil {
+		_ = out.send(controlMessage{Error: fmt.Sprintf("control request: %s: %v", errOldDaemon, err)})
 		return
 	}
+	req := creq
+	req.Migrate = creq.request()
 	if err := req.Migrate.validate(); err != nil {
 		_ = out.send(controlMessage{Error: err.Error()})
 		return

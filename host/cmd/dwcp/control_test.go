@@ -3,6 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -140,5 +143,58 @@ func TestMigrationWindow(t *testing.T) {
 		if got := migrationWindow(modes.Path{Bandwidth: c.rate, RTT: c.rtt}, c.carried); got != c.want {
 			t.Errorf("rate %g RTT %s: window %d, want %d", c.rate, c.rtt, got, c.want)
 		}
+	}
+}
+
+// --suspend goes to the daemon under migrate_strict: this daemon reads it
+// as a migrate request, and a daemon from before the key (which would
+// ignore "suspend" and run the VM on the destination) refuses it, which
+// the client reports as such.
+func TestSuspendNeedsADaemonThatKnowsIt(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state", controlSocketName)
+	cs, err := listenControl(path, nil, nil, func(string, ...any) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cs.serve(ctx)
+	defer cs.Close()
+	// Reaches validation: the request was understood.
+	if _, err := delegateMigration(ctx, path, migrateRequest{To: "h:1", Suspend: true}, io.Discard); err == nil || !strings.Contains(err.Error(), "no QMP socket") {
+		t.Fatalf("suspend request to a current daemon: %v", err)
+	}
+
+	// The control server as it was before migrate_strict: it knows only
+	// the "migrate" key.
+	old := filepath.Join(dir, "old.sock")
+	ln, err := net.Listen("unix", old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadBytes('\n')
+		var req struct {
+			Migrate *migrateRequest `json:"migrate,omitempty"`
+		}
+		if err := json.Unmarshal(line, &req); err != nil || req.Migrate == nil {
+			_ = json.NewEncoder(c).Encode(controlMessage{Error: fmt.Sprintf("control request: not a migrate request: %v", err)})
+			return
+		}
+		_ = json.NewEncoder(c).Encode(controlMessage{Error: "this old daemon would have run the migration, suspend ignored"})
+	}()
+	_, err = delegateMigration(ctx, old, migrateRequest{QMP: "/x", To: "h:1", Suspend: true}, io.Discard)
+	<-done
+	if err == nil || !strings.Contains(err.Error(), "older than --suspend") {
+		t.Fatalf("suspend request to an old daemon: %v", err)
 	}
 }

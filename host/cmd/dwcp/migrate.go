@@ -20,8 +20,11 @@ import (
 
 // migrateSummary is what `dwcp migrate` reports.
 type migrateSummary struct {
-	VM                 string  `json:"vm"`
-	Destination        string  `json:"destination_vm"`
+	VM          string `json:"vm"`
+	Destination string `json:"destination_vm"`
+	// DestinationPaused: --suspend; the destination VM is loaded and
+	// paused, and runs once someone continues it (QMP cont).
+	DestinationPaused  bool    `json:"destination_paused"`
 	Mode               string  `json:"mode"`
 	Codec              string  `json:"codec"`
 	Level              int     `json:"level"`
@@ -140,6 +143,8 @@ type migrateRequest struct {
 	TTY   bool `json:"tty,omitempty"`
 	// NoHistory: neither use nor extend the page history (--history=false).
 	NoHistory bool `json:"no_history,omitempty"`
+	// Suspend leaves the destination VM paused (--suspend).
+	Suspend bool `json:"suspend,omitempty"`
 }
 
 func (r migrateRequest) validate() error {
@@ -186,7 +191,7 @@ func runMigration(ctx context.Context, a *agent.Agent, hist *pagestore.Store, re
 	opts := migrate.SourceOptions{
 		VM: hypervisor.VMRef{Address: req.QMP}, Codecs: codecs, Policy: plan.Controller,
 		Mode: plan.Mode.String(), Params: params, MaxDuration: req.MaxTime, Progress: &pipeline.Progress{},
-		PageStage: plan.PageStage(),
+		PageStage: plan.PageStage(), Suspend: req.Suspend,
 	}
 	opts.History = historyFor(plan, opts.PageStage, hist, sess.PeerName(), req.NoHistory)
 	carried := &rateHigh{}
@@ -226,7 +231,7 @@ func runMigration(ctx context.Context, a *agent.Agent, hist *pagestore.Store, re
 	cancel()
 	p := res.Pipeline
 	out := migrateSummary{
-		VM: res.VM.Name, Destination: res.Destination, Mode: plan.Mode.String(), Codec: codecLabel(codecs, choice.Codec), Level: choice.Level,
+		VM: res.VM.Name, Destination: res.Destination, DestinationPaused: res.DestinationPaused, Mode: plan.Mode.String(), Codec: codecLabel(codecs, choice.Codec), Level: choice.Level,
 		Controller: plan.Controller.Summary(), Path: summarizePath(plan.Probe), ModeReason: plan.Why,
 		TotalSeconds: res.Total.Seconds(), DowntimeMs: float64(res.Downtime.Microseconds()) / 1000,
 		QEMUDowntimeMs: float64(res.Source.Downtime.Microseconds()) / 1000, GuestRAM: res.VM.MemoryBytes,
@@ -265,9 +270,15 @@ func migrationWindow(p modes.Path, carried float64) int64 {
 }
 
 func printMigrateSummary(w io.Writer, to string, out migrateSummary) {
-	fmt.Fprintf(w, "migrated %s to %s (%s), VM running there\n", out.VM, to, out.Destination)
-	fmt.Fprintf(w, "total %.2f s, downtime %.0f ms (QEMU's own figure %.0f ms), %d passes, mode %s (%s level %d)\n",
-		out.TotalSeconds, out.DowntimeMs, out.QEMUDowntimeMs, out.Passes, out.Mode, out.Codec, out.Level)
+	if out.DestinationPaused {
+		fmt.Fprintf(w, "migrated %s to %s (%s), VM loaded and paused there (--suspend): continue it with QMP cont\n", out.VM, to, out.Destination)
+		fmt.Fprintf(w, "total %.2f s, stop to paused destination %.0f ms (QEMU's own downtime figure %.0f ms), %d passes, mode %s (%s level %d)\n",
+			out.TotalSeconds, out.DowntimeMs, out.QEMUDowntimeMs, out.Passes, out.Mode, out.Codec, out.Level)
+	} else {
+		fmt.Fprintf(w, "migrated %s to %s (%s), VM running there\n", out.VM, to, out.Destination)
+		fmt.Fprintf(w, "total %.2f s, downtime %.0f ms (QEMU's own figure %.0f ms), %d passes, mode %s (%s level %d)\n",
+			out.TotalSeconds, out.DowntimeMs, out.QEMUDowntimeMs, out.Passes, out.Mode, out.Codec, out.Level)
+	}
 	if sw := out.Switchover; sw.ResultReceived > 0 {
 		dest := "destination clock not used"
 		if sw.DestinationRunning > 0 {
@@ -301,6 +312,8 @@ func newMigrateCommand() *cobra.Command {
 		Long: "migrate tells the VM's QEMU (through the qemu hypervisor plugin, over QMP) to migrate into\n" +
 			"DWCP, carries the stream to the peer, and releases the VM here only after the peer reports\n" +
 			"its copy running. On any failure the migration is cancelled here and the VM keeps running.\n" +
+			"With --suspend the peer leaves its copy loaded but paused (as virsh migrate --suspend): the VM\n" +
+			"runs nowhere until someone continues it there; a peer that cannot do that refuses first.\n" +
 			"When this host runs `dwcp serve` (its control socket exists), the migration runs inside it,\n" +
 			"with its plugins already up and its identity; --local runs it in this process instead.\n" +
 			"Interrupting the command cancels the migration either way.",
@@ -362,6 +375,7 @@ func newMigrateCommand() *cobra.Command {
 	cmd.Flags().IntVar(&req.Streams, "streams", 0, streamsUsage)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
 	cmd.Flags().BoolVar(&local, "local", false, "run the migration in this process even when the host's dwcp serve runs")
+	cmd.Flags().BoolVar(&req.Suspend, "suspend", false, "leave the VM paused on the destination once migrated, instead of running it (continue it there with QMP cont); the source stops as usual")
 	cmd.Flags().BoolVar(&history, "history", true, "use and extend the page history with this peer: pages it holds from earlier migrations go as references (internet and hybrid modes)")
 	cmd.Flags().StringVar(&control, "control", "", "the host's dwcp serve control socket (default: STATE_DIR/control.sock)")
 	_ = cmd.MarkFlagRequired("qmp")

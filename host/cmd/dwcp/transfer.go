@@ -478,8 +478,12 @@ func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, hist *p
 		logf("%s", l)
 	}
 	if res.VM != "" {
-		logf("migration %s from %s complete: VM %s running here; %s, %s on the wire (%.2fx), %.2f s",
-			res.Hello.MigrationId, sess.PeerName(), res.VM, bytesString(sum.BytesIn), bytesString(sum.WireBytes), sum.Ratio(), sum.Elapsed.Seconds())
+		state := "running"
+		if res.Paused {
+			state = "loaded and paused (the source asked for --suspend)"
+		}
+		logf("migration %s from %s complete: VM %s %s here; %s, %s on the wire (%.2fx), %.2f s",
+			res.Hello.MigrationId, sess.PeerName(), res.VM, state, bytesString(sum.BytesIn), bytesString(sum.WireBytes), sum.Ratio(), sum.Elapsed.Seconds())
 		return nil
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "received %s from %s: %s, %s on the wire (%.2fx), %.2f s, digest verified\n",

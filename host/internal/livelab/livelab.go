@@ -270,30 +270,82 @@ func (e *Env) linkBytes(from, to *wanlab.Host) uint64 {
 
 // dwcpSummary mirrors `dwcp migrate --json`.
 type dwcpSummary struct {
-	Destination    string  `json:"destination_vm"`
-	TotalSeconds   float64 `json:"total_seconds"`
-	DowntimeMs     float64 `json:"downtime_ms"`
-	QEMUDowntimeMs float64 `json:"qemu_reported_downtime_ms"`
-	StreamBytes    uint64  `json:"stream_bytes"`
-	WireBytes      uint64  `json:"bytes_on_wire"`
-	Passes         uint64  `json:"passes"`
-	Pages          struct {
+	Destination       string  `json:"destination_vm"`
+	DestinationPaused bool    `json:"destination_paused"`
+	TotalSeconds      float64 `json:"total_seconds"`
+	DowntimeMs        float64 `json:"downtime_ms"`
+	QEMUDowntimeMs    float64 `json:"qemu_reported_downtime_ms"`
+	StreamBytes       uint64  `json:"stream_bytes"`
+	WireBytes         uint64  `json:"bytes_on_wire"`
+	Passes            uint64  `json:"passes"`
+	Pages             struct {
 		Known uint64 `json:"Known"`
 	} `json:"pages"`
 }
 
 // DWCP migrates src from host `from` to host `to` with `dwcp migrate`
-// and returns the row and the destination VM (attached; Close quits it).
-// Downtime is dwcp's own measurement: from the source QEMU's stop event to
-// the destination's report that its VM runs. Ending ctx interrupts dwcp
-// migrate as Ctrl-C would.
+// and returns the row and the destination VM (attached; Close quits it),
+// once the guest's checks passed there (checkGuest). Downtime is dwcp's
+// own measurement: from the source QEMU's stop event to the destination's
+// report that its VM runs. Ending ctx interrupts dwcp migrate as Ctrl-C
+// would.
 func (e *Env) DWCP(ctx context.Context, src *testguest.VM, from, to *wanlab.Host, mode string, extra ...string) (Row, *testguest.VM, error) {
-	row := Row{Method: "dwcp " + mode, From: from.Name, To: to.Name}
 	beforeHB, _ := src.Heartbeat()
+	row, dst, err := e.dwcpMigrate(ctx, src, from, to, mode, false, extra)
+	if err != nil {
+		return row, nil, err
+	}
+	if row.Heartbeat, err = e.checkGuest(ctx, src, dst, beforeHB); err != nil {
+		dst.Close()
+		return row, nil, err
+	}
+	return row, dst, nil
+}
+
+// DWCPSuspended migrates like DWCP with `dwcp migrate --suspend`: the
+// destination VM is left loaded and paused, and the source stopped in
+// postmigrate, so that both can be inspected (CompareRAM) before anything
+// runs. The guest is not checked yet: ResumeSuspended continues the
+// destination and checks it as DWCP does.
+func (e *Env) DWCPSuspended(ctx context.Context, src *testguest.VM, from, to *wanlab.Host, mode string, extra ...string) (Row, *testguest.VM, error) {
+	row, dst, err := e.dwcpMigrate(ctx, src, from, to, mode, true, extra)
+	if err != nil {
+		return row, nil, err
+	}
+	for _, c := range []struct {
+		vm   *testguest.VM
+		want string
+	}{{dst, "paused"}, {src, "postmigrate"}} {
+		if st, err := c.vm.Status(ctx); err != nil || st != c.want {
+			dst.Close()
+			return row, nil, fmt.Errorf("after dwcp migrate --suspend: a VM is %q (%v), want %s", st, err, c.want)
+		}
+	}
+	return row, dst, nil
+}
+
+// ResumeSuspended continues a destination DWCPSuspended left paused and
+// checks the guest (checkGuest) against its source: the heartbeat goes on
+// past the source's last one, the checksum is unchanged, no kernel fault.
+func (e *Env) ResumeSuspended(ctx context.Context, src, dst *testguest.VM) (string, error) {
+	last, _ := src.Heartbeat()
+	if _, err := dst.QMP(ctx, "cont", nil); err != nil {
+		return "", fmt.Errorf("continue the suspended destination: %w", err)
+	}
+	return e.checkGuest(ctx, src, dst, last)
+}
+
+// dwcpMigrate runs `dwcp migrate` (with --suspend when suspend) and
+// attaches to the destination VM.
+func (e *Env) dwcpMigrate(ctx context.Context, src *testguest.VM, from, to *wanlab.Host, mode string, suspend bool, extra []string) (Row, *testguest.VM, error) {
+	row := Row{Method: "dwcp " + mode, From: from.Name, To: to.Name}
 	bytes0 := e.linkBytes(from, to)
 	args := append([]string{"migrate", "--qmp", src.QMPPath(),
 		"--to", fmt.Sprintf("%s:%d", to.Addr, e.port), "--peer-name", e.nameOf(to), "--name", e.nameOf(from),
 		"--certs", e.certs, "--plugin-dir", e.cfg.PluginDir, "--mode", mode, "--json"}, extra...)
+	if suspend {
+		args = append(args, "--suspend")
+	}
 	start := time.Now()
 	cmd := e.Lab.Command(from, e.cfg.Dwcp, args...)
 	cmd.Env = append(os.Environ(), "DWCP_STATE="+filepath.Join(e.dir, e.nameOf(from)+"-state"))
@@ -318,6 +370,9 @@ func (e *Env) DWCP(ctx context.Context, src *testguest.VM, from, to *wanlab.Host
 	if err := json.Unmarshal(out, &sum); err != nil {
 		return row, nil, fmt.Errorf("dwcp migrate output %q: %w", out, err)
 	}
+	if sum.DestinationPaused != suspend {
+		return row, nil, fmt.Errorf("dwcp migrate (suspend %v) reported destination_paused %v", suspend, sum.DestinationPaused)
+	}
 	row.Downtime = time.Duration(sum.DowntimeMs * float64(time.Millisecond))
 	row.QEMUDowntime = time.Duration(sum.QEMUDowntimeMs * float64(time.Millisecond))
 	row.StreamBytes, row.Passes, row.KnownPages = sum.StreamBytes, sum.Passes, sum.Pages.Known
@@ -329,12 +384,11 @@ func (e *Env) DWCP(ctx context.Context, src *testguest.VM, from, to *wanlab.Host
 		return row, nil, err
 	}
 	e.place(dst, to)
-	if row.Heartbeat, err = e.checkGuest(ctx, src, dst, beforeHB); err != nil {
-		dst.Close()
-		return row, nil, err
-	}
 	return row, dst, nil
 }
+
+// Dir is a scratch directory of the scenario, removed by Close.
+func (e *Env) Dir() string { return e.dir }
 
 // checkContinues waits for the destination's heartbeat to move past the
 // source's last one (no restart) and returns "N -> M".

@@ -301,9 +301,18 @@ func (d *Driver) cancelDestination(ctx context.Context, m *migration) error {
 	return nil
 }
 
-func (d *Driver) finishDestination(ctx context.Context, m *migration, resume bool) (hypervisor.Status, error) {
+// finishMode says how a destination migration ends.
+type finishMode int
+
+const (
+	finishDiscard finishMode = iota // abandon: a started VM is killed
+	finishResume                    // run the VM (cont)
+	finishPaused                    // leave the loaded VM paused
+)
+
+func (d *Driver) finishDestination(ctx context.Context, m *migration, mode finishMode) (hypervisor.Status, error) {
 	mon, err := m.monitor(ctx, d)
-	if err != nil && !resume && m.started != nil {
+	if err != nil && mode == finishDiscard && m.started != nil {
 		// A started VM that died is cleaned up all the same.
 		d.destroy(m)
 		st := hypervisor.Status{State: stateFailed, Error: err.Error()}
@@ -313,7 +322,7 @@ func (d *Driver) finishDestination(ctx context.Context, m *migration, resume boo
 	if err != nil {
 		return hypervisor.Status{}, err
 	}
-	if !resume {
+	if mode == finishDiscard {
 		st, err := queryMigrate(ctx, mon)
 		if err != nil {
 			st = hypervisor.Status{State: stateFailed, Error: err.Error()}
@@ -327,7 +336,7 @@ func (d *Driver) finishDestination(ctx context.Context, m *migration, resume boo
 		return st, err
 	}
 	if st.State == stateNone {
-		return st, fmt.Errorf("%w: no stream has arrived, nothing to resume", sdk.ErrFailedPrecondition)
+		return st, fmt.Errorf("%w: no stream has arrived, nothing to finish", sdk.ErrFailedPrecondition)
 	}
 	if !finalState(st.State) {
 		// The source reports completed once the destination sent SHUT on
@@ -341,11 +350,21 @@ func (d *Driver) finishDestination(ctx context.Context, m *migration, resume boo
 		}
 	}
 	if st.State != stateCompleted {
-		return st, fmt.Errorf("%w: incoming migration %s, nothing to resume: %s", sdk.ErrFailedPrecondition, st.State, st.Error)
+		return st, fmt.Errorf("%w: incoming migration %s, nothing to finish: %s", sdk.ErrFailedPrecondition, st.State, st.Error)
 	}
 	var rs runStatus
 	if err := mon.run(ctx, "query-status", nil, &rs); err != nil {
 		return st, err
+	}
+	if mode == finishPaused {
+		// Started with -S, QEMU leaves a loaded VM "paused". Anything
+		// else is not the state the caller asked for; a running VM
+		// (an attached QEMU started without -S) cannot be un-run.
+		if rs.Running || rs.Status != "paused" {
+			return st, fmt.Errorf("%w: destination VM is %s after the migration, not paused (an attached QEMU must be started with -S)", sdk.ErrFailedPrecondition, rs.Status)
+		}
+		m.setFinal(st)
+		return st, nil
 	}
 	if !rs.Running {
 		if err := mon.run(ctx, "cont", nil, nil); err != nil {

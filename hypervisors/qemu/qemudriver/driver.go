@@ -209,7 +209,7 @@ func cloneCaps(c hypervisor.Capabilities) hypervisor.Capabilities {
 }
 
 func (d *Driver) probe(ctx context.Context) (hypervisor.Capabilities, error) {
-	caps := hypervisor.Capabilities{Hypervisor: "qemu", CanStartDestination: true}
+	caps := hypervisor.Capabilities{Hypervisor: "qemu", CanStartDestination: true, FinishPaused: true}
 	bin, err := exec.LookPath(d.qemuBinary())
 	if err != nil {
 		return caps, fmt.Errorf("qemu fingerprint: %w: %w", sdk.ErrUnavailable, err)

@@ -734,13 +734,42 @@ func (d *Driver) FinishMigration(ctx context.Context, id string, resume bool) (h
 	if m.role == roleSource {
 		st, err = d.finishSource(ctx, m)
 	} else {
-		st, err = d.finishDestination(ctx, m, resume)
+		mode := finishDiscard
+		if resume {
+			mode = finishResume
+		}
+		st, err = d.finishDestination(ctx, m, mode)
 	}
 	if err != nil {
 		return st, fmt.Errorf("finish migration %s: %w", id, err)
 	}
 	d.forget(m)
 	d.log.Info("migration finished", "migration", id, "role", m.role.String(), "state", st.State, "resume", resume)
+	return st, nil
+}
+
+// FinishMigrationPaused implements hypervisor.PausedFinisher: it ends a
+// completed incoming migration without cont, checks with query-status that
+// the VM is paused, and lets go of it. A VM this driver started keeps its
+// run directory and waits, paused, for whoever continues it (`cont` on
+// its QMP socket).
+func (d *Driver) FinishMigrationPaused(ctx context.Context, id string) (hypervisor.Status, error) {
+	m, err := d.lookup(id)
+	if err != nil {
+		return hypervisor.Status{}, fmt.Errorf("finish migration paused: %w", err)
+	}
+	if m.role != roleDestination {
+		return hypervisor.Status{}, fmt.Errorf("finish migration %s paused: %w: it is the source side", id, sdk.ErrFailedPrecondition)
+	}
+	if st, ok := m.finalStatus(); ok {
+		return st, fmt.Errorf("finish migration %s paused: %w: already %s and released", id, sdk.ErrFailedPrecondition, st.State)
+	}
+	st, err := d.finishDestination(ctx, m, finishPaused)
+	if err != nil {
+		return st, fmt.Errorf("finish migration %s paused: %w", id, err)
+	}
+	d.forget(m)
+	d.log.Info("migration finished, VM left paused", "migration", id, "state", st.State)
 	return st, nil
 }
 

@@ -296,8 +296,14 @@ type Hello struct {
 	// The most distinct pages the source's history can record of this
 	// session (0: it records none).
 	HistoryMaxPages uint64 `protobuf:"varint,15,opt,name=history_max_pages,json=historyMaxPages,proto3" json:"history_max_pages,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Leave the destination VM paused once the migration completed, instead
+	// of running it (`dwcp migrate --suspend`). A destination that honours
+	// it says so in accept.suspend; one that does not know this field would
+	// run the VM, so the source aborts before any byte is streamed when the
+	// accept does not echo it.
+	Suspend       bool `protobuf:"varint,16,opt,name=suspend,proto3" json:"suspend,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -435,6 +441,13 @@ func (x *Hello) GetHistoryMaxPages() uint64 {
 	return 0
 }
 
+func (x *Hello) GetSuspend() bool {
+	if x != nil {
+		return x.Suspend
+	}
+	return false
+}
+
 // HeldSession names a session of the page history, as both hosts recorded
 // it: they use it only when id, page count and index digest all match.
 type HeldSession struct {
@@ -514,8 +527,11 @@ type Accept struct {
 	// every page itself.
 	HeldSessions    []*HeldSession `protobuf:"bytes,4,rep,name=held_sessions,json=heldSessions,proto3" json:"held_sessions,omitempty"`
 	HistoryMaxPages uint64         `protobuf:"varint,5,opt,name=history_max_pages,json=historyMaxPages,proto3" json:"history_max_pages,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The destination will leave the VM paused after the migration, as
+	// hello.suspend asked (its hypervisor plugin can).
+	Suspend       bool `protobuf:"varint,6,opt,name=suspend,proto3" json:"suspend,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Accept) Reset() {
@@ -581,6 +597,13 @@ func (x *Accept) GetHistoryMaxPages() uint64 {
 		return x.HistoryMaxPages
 	}
 	return 0
+}
+
+func (x *Accept) GetSuspend() bool {
+	if x != nil {
+		return x.Suspend
+	}
+	return false
 }
 
 type Done struct {
@@ -757,8 +780,9 @@ func (x *Control) GetReason() string {
 }
 
 // MigrationResult (destination -> source, after done) says whether the
-// destination VM runs. Only then may the source release its VM; otherwise
-// the source resumes it.
+// destination VM runs (or, when the hello asked for suspend, is loaded and
+// held paused). Only then may the source release its VM; otherwise the
+// source resumes it.
 type MigrationResult struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Running bool                   `protobuf:"varint,1,opt,name=running,proto3" json:"running,omitempty"`
@@ -767,8 +791,12 @@ type MigrationResult struct {
 	Vm string `protobuf:"bytes,3,opt,name=vm,proto3" json:"vm,omitempty"`
 	// When the destination VM was resumed, by the destination's clock.
 	RunningUnixNano int64 `protobuf:"varint,4,opt,name=running_unix_nano,json=runningUnixNano,proto3" json:"running_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The migration completed and the destination VM is loaded and paused,
+	// as hello.suspend asked (running is false then). Only for a hello with
+	// suspend.
+	Paused        bool `protobuf:"varint,5,opt,name=paused,proto3" json:"paused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrationResult) Reset() {
@@ -829,6 +857,13 @@ func (x *MigrationResult) GetRunningUnixNano() int64 {
 	return 0
 }
 
+func (x *MigrationResult) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
 var File_dwcp_stream_v1_stream_proto protoreflect.FileDescriptor
 
 const file_dwcp_stream_v1_stream_proto_rawDesc = "" +
@@ -845,7 +880,7 @@ const file_dwcp_stream_v1_stream_proto_rawDesc = "" +
 	"\aoptions\x18\x04 \x03(\v2,.dwcp.stream.v1.PageStageParams.OptionsEntryR\aoptions\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd2\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x04\n" +
 	"\x05Hello\x12#\n" +
 	"\rframe_version\x18\x01 \x01(\rR\fframeVersion\x12.\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1a.dwcp.stream.v1.StreamKindR\x04kind\x12\x12\n" +
@@ -864,17 +899,19 @@ const file_dwcp_stream_v1_stream_proto_rawDesc = "" +
 	"\x16destination_hypervisor\x18\f \x01(\tR\x15destinationHypervisor\x12'\n" +
 	"\x0fhistory_session\x18\r \x01(\tR\x0ehistorySession\x12\x18\n" +
 	"\ahistory\x18\x0e \x01(\bR\ahistory\x12*\n" +
-	"\x11history_max_pages\x18\x0f \x01(\x04R\x0fhistoryMaxPages\"V\n" +
+	"\x11history_max_pages\x18\x0f \x01(\x04R\x0fhistoryMaxPages\x12\x18\n" +
+	"\asuspend\x18\x10 \x01(\bR\asuspend\"V\n" +
 	"\vHeldSession\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05pages\x18\x02 \x01(\x04R\x05pages\x12!\n" +
-	"\findex_digest\x18\x03 \x01(\fR\vindexDigest\"\xca\x01\n" +
+	"\findex_digest\x18\x03 \x01(\fR\vindexDigest\"\xe4\x01\n" +
 	"\x06Accept\x12\x16\n" +
 	"\x06codecs\x18\x01 \x03(\rR\x06codecs\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x18\n" +
 	"\ahistory\x18\x03 \x01(\bR\ahistory\x12@\n" +
 	"\rheld_sessions\x18\x04 \x03(\v2\x1b.dwcp.stream.v1.HeldSessionR\fheldSessions\x12*\n" +
-	"\x11history_max_pages\x18\x05 \x01(\x04R\x0fhistoryMaxPages\"X\n" +
+	"\x11history_max_pages\x18\x05 \x01(\x04R\x0fhistoryMaxPages\x12\x18\n" +
+	"\asuspend\x18\x06 \x01(\bR\asuspend\"X\n" +
 	"\x04Done\x12'\n" +
 	"\x0fbytes_delivered\x18\x01 \x01(\x04R\x0ebytesDelivered\x12'\n" +
 	"\x0fdigest_verified\x18\x02 \x01(\bR\x0edigestVerified\"P\n" +
@@ -885,12 +922,13 @@ const file_dwcp_stream_v1_stream_proto_rawDesc = "" +
 	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x14\n" +
 	"\x05codec\x18\x02 \x01(\rR\x05codec\x12\x14\n" +
 	"\x05level\x18\x03 \x01(\x05R\x05level\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"}\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x95\x01\n" +
 	"\x0fMigrationResult\x12\x18\n" +
 	"\arunning\x18\x01 \x01(\bR\arunning\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x0e\n" +
 	"\x02vm\x18\x03 \x01(\tR\x02vm\x12*\n" +
-	"\x11running_unix_nano\x18\x04 \x01(\x03R\x0frunningUnixNano*T\n" +
+	"\x11running_unix_nano\x18\x04 \x01(\x03R\x0frunningUnixNano\x12\x16\n" +
+	"\x06paused\x18\x05 \x01(\bR\x06paused*T\n" +
 	"\n" +
 	"StreamKind\x12\x1b\n" +
 	"\x17STREAM_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +

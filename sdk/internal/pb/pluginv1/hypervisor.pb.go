@@ -33,8 +33,13 @@ type HypervisorCapabilities struct {
 	MigrationParameters   []string               `protobuf:"bytes,5,rep,name=migration_parameters,json=migrationParameters,proto3" json:"migration_parameters,omitempty"`
 	// Can start a destination VM itself from a VMConfig.
 	CanStartDestination bool `protobuf:"varint,6,opt,name=can_start_destination,json=canStartDestination,proto3" json:"can_start_destination,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Honours FinishMigrationRequest.keep_paused: can end an incoming
+	// migration with the VM loaded and paused. The host sends keep_paused
+	// only to plugins that set this: an older plugin ignores that field and
+	// would treat the request as resume=false (discard the VM).
+	CanFinishPaused bool `protobuf:"varint,7,opt,name=can_finish_paused,json=canFinishPaused,proto3" json:"can_finish_paused,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *HypervisorCapabilities) Reset() {
@@ -105,6 +110,13 @@ func (x *HypervisorCapabilities) GetMigrationParameters() []string {
 func (x *HypervisorCapabilities) GetCanStartDestination() bool {
 	if x != nil {
 		return x.CanStartDestination
+	}
+	return false
+}
+
+func (x *HypervisorCapabilities) GetCanFinishPaused() bool {
+	if x != nil {
+		return x.CanFinishPaused
 	}
 	return false
 }
@@ -1312,7 +1324,11 @@ type FinishMigrationRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	MigrationId string                 `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	// On the destination: resume the VM. On the source: release resources.
-	Resume        bool `protobuf:"varint,2,opt,name=resume,proto3" json:"resume,omitempty"`
+	Resume bool `protobuf:"varint,2,opt,name=resume,proto3" json:"resume,omitempty"`
+	// On the destination, with resume false: end the completed incoming
+	// migration and leave the VM loaded and paused, neither run nor
+	// discarded. Only for plugins whose capabilities set can_finish_paused.
+	KeepPaused    bool `protobuf:"varint,3,opt,name=keep_paused,json=keepPaused,proto3" json:"keep_paused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1361,9 +1377,19 @@ func (x *FinishMigrationRequest) GetResume() bool {
 	return false
 }
 
+func (x *FinishMigrationRequest) GetKeepPaused() bool {
+	if x != nil {
+		return x.KeepPaused
+	}
+	return false
+}
+
 type FinishMigrationResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Status        *MigrationStatus       `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Status *MigrationStatus       `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	// The plugin confirms that the VM is loaded and paused (answer to
+	// keep_paused; the host treats its absence as a failure).
+	Paused        bool `protobuf:"varint,2,opt,name=paused,proto3" json:"paused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1405,11 +1431,18 @@ func (x *FinishMigrationResponse) GetStatus() *MigrationStatus {
 	return nil
 }
 
+func (x *FinishMigrationResponse) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
 var File_dwcp_plugin_v1_hypervisor_proto protoreflect.FileDescriptor
 
 const file_dwcp_plugin_v1_hypervisor_proto_rawDesc = "" +
 	"\n" +
-	"\x1fdwcp/plugin/v1/hypervisor.proto\x12\x0edwcp.plugin.v1\"\x95\x02\n" +
+	"\x1fdwcp/plugin/v1/hypervisor.proto\x12\x0edwcp.plugin.v1\"\xc1\x02\n" +
 	"\x16HypervisorCapabilities\x12\x1e\n" +
 	"\n" +
 	"hypervisor\x18\x01 \x01(\tR\n" +
@@ -1418,7 +1451,8 @@ const file_dwcp_plugin_v1_hypervisor_proto_rawDesc = "" +
 	"\rmachine_types\x18\x03 \x03(\tR\fmachineTypes\x125\n" +
 	"\x16migration_capabilities\x18\x04 \x03(\tR\x15migrationCapabilities\x121\n" +
 	"\x14migration_parameters\x18\x05 \x03(\tR\x13migrationParameters\x122\n" +
-	"\x15can_start_destination\x18\x06 \x01(\bR\x13canStartDestination\"!\n" +
+	"\x15can_start_destination\x18\x06 \x01(\bR\x13canStartDestination\x12*\n" +
+	"\x11can_finish_paused\x18\a \x01(\bR\x0fcanFinishPaused\"!\n" +
 	"\x05VMRef\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"\x10\n" +
 	"\x0eListVMsRequest\";\n" +
@@ -1502,12 +1536,15 @@ const file_dwcp_plugin_v1_hypervisor_proto_rawDesc = "" +
 	"\x11SetLimitsResponse\";\n" +
 	"\x16CancelMigrationRequest\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\"\x19\n" +
-	"\x17CancelMigrationResponse\"S\n" +
+	"\x17CancelMigrationResponse\"t\n" +
 	"\x16FinishMigrationRequest\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12\x16\n" +
-	"\x06resume\x18\x02 \x01(\bR\x06resume\"R\n" +
+	"\x06resume\x18\x02 \x01(\bR\x06resume\x12\x1f\n" +
+	"\vkeep_paused\x18\x03 \x01(\bR\n" +
+	"keepPaused\"j\n" +
 	"\x17FinishMigrationResponse\x127\n" +
-	"\x06status\x18\x01 \x01(\v2\x1f.dwcp.plugin.v1.MigrationStatusR\x06status2\x9a\a\n" +
+	"\x06status\x18\x01 \x01(\v2\x1f.dwcp.plugin.v1.MigrationStatusR\x06status\x12\x16\n" +
+	"\x06paused\x18\x02 \x01(\bR\x06paused2\x9a\a\n" +
 	"\n" +
 	"Hypervisor\x12J\n" +
 	"\aListVMs\x12\x1e.dwcp.plugin.v1.ListVMsRequest\x1a\x1f.dwcp.plugin.v1.ListVMsResponse\x12E\n" +

@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -143,9 +144,35 @@ func (f *fixture) FinishMigration(_ context.Context, id string, resume bool) (hy
 	return hypervisor.Status{State: "completed", TotalTime: 1500 * time.Millisecond}, nil
 }
 
+// FinishMigrationPaused ends a destination migration ("dst-" ids) and
+// forgets it, as a driver that leaves its VM paused would.
+func (f *fixture) FinishMigrationPaused(_ context.Context, id string) (hypervisor.Status, error) {
+	if _, err := f.known(id); err != nil {
+		return hypervisor.Status{}, err
+	}
+	if !strings.HasPrefix(id, "dst-") {
+		return hypervisor.Status{}, fmt.Errorf("finish %s paused: not a destination: %w", id, sdk.ErrFailedPrecondition)
+	}
+	f.mu.Lock()
+	delete(f.migrations, id)
+	f.mu.Unlock()
+	return hypervisor.Status{State: "completed", TotalTime: 2500 * time.Millisecond}, nil
+}
+
+// legacy, set with -ldflags "-X main.legacy=1", builds the fixture as a
+// plugin written before PausedFinisher existed: the interface value hides
+// the method.
+var legacy string
+
+type legacyFixture struct{ hypervisor.Hypervisor }
+
 func main() {
+	var hv hypervisor.Hypervisor = &fixture{migrations: map[string]hypervisor.Params{}}
+	if legacy != "" {
+		hv = legacyFixture{hv}
+	}
 	plugin.Serve(plugin.ServeConfig{
 		Name: "testhv", Version: "0.0.1", Summary: "protocol fixture, drives no hypervisor",
-		Hypervisor: &fixture{migrations: map[string]hypervisor.Params{}},
+		Hypervisor: hv,
 	})
 }
