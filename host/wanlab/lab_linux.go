@@ -874,6 +874,29 @@ func (l *Lab) Stats() Stats {
 	return s
 }
 
+// MeanLateSince is how late, on average, the scheduler handed over the
+// packets direction from->to forwarded between the snapshot before and s
+// (0 when none were). A lab whose lateness reaches the one-way delay it
+// emulates was not running the profile's link: the machine starved the
+// shaper.
+func (s Stats) MeanLateSince(before Stats, from, to string) time.Duration {
+	find := func(st Stats) (LinkStats, bool) {
+		for _, k := range st.Links {
+			if k.From == from && k.To == to {
+				return k, true
+			}
+		}
+		return LinkStats{}, false
+	}
+	a, okA := find(before)
+	b, okB := find(s)
+	if !okA || !okB || b.Forwarded <= a.Forwarded {
+		return 0
+	}
+	n := float64(b.Forwarded - a.Forwarded)
+	return time.Duration((float64(b.LateMean)*float64(b.Forwarded) - float64(a.LateMean)*float64(a.Forwarded)) / n)
+}
+
 // LinkStats returns one direction's counters.
 func (l *Lab) LinkStats(from, to *Host) (LinkStats, error) {
 	k, err := l.link(from, to)
