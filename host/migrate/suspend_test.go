@@ -134,15 +134,15 @@ func status(ctx context.Context, t *testing.T, vm *testguest.VM) string {
 	return st
 }
 
-// TestSuspendLeavesTheDestinationPaused migrates a real QEMU with Suspend
-// through Source and Destination (the qemu driver in process, both ends
-// on this host): the destination VM ends loaded and paused, the source in
-// postmigrate, and both sides say so.
-func TestSuspendLeavesTheDestinationPaused(t *testing.T) {
-	dir := t.TempDir()
-	src := startBare(t, dir)
+// suspendFixture starts a running bare source VM and two drivers (source
+// and destination) on this host whose VMs live in runDir; dir is for the
+// migrations' sockets.
+func suspendFixture(t *testing.T) (ctx context.Context, dir, runDir string, src bareVM, srcHV, dstHV *qemudriver.Driver) {
+	t.Helper()
+	dir = t.TempDir()
+	src = startBare(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	if _, err := src.vm.QMP(ctx, "cont", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -150,8 +150,16 @@ func TestSuspendLeavesTheDestinationPaused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer os.RemoveAll(runDir)
-	srcHV, dstHV := newDriver(t, runDir), newDriver(t, runDir)
+	t.Cleanup(func() { os.RemoveAll(runDir) })
+	return ctx, dir, runDir, src, newDriver(t, runDir), newDriver(t, runDir)
+}
+
+// TestSuspendLeavesTheDestinationPaused migrates a real QEMU with Suspend
+// through Source and Destination (the qemu driver in process, both ends
+// on this host): the destination VM ends loaded and paused, the source in
+// postmigrate, and both sides say so.
+func TestSuspendLeavesTheDestinationPaused(t *testing.T) {
+	ctx, dir, _, src, srcHV, dstHV := suspendFixture(t)
 
 	a, b := memPipe()
 	defer a.Close()
@@ -200,19 +208,7 @@ func TestSuspendLeavesTheDestinationPaused(t *testing.T) {
 // migration before the source QEMU migrates. The source VM keeps running
 // and no destination VM is left behind.
 func TestSuspendRefusedByDestinationsThatCannot(t *testing.T) {
-	dir := t.TempDir()
-	src := startBare(t, dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if _, err := src.vm.QMP(ctx, "cont", nil); err != nil {
-		t.Fatal(err)
-	}
-	runDir, err := os.MkdirTemp("", "dwcp-sus-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(runDir)
-	srcHV, dstHV := newDriver(t, runDir), newDriver(t, runDir)
+	ctx, dir, runDir, src, srcHV, dstHV := suspendFixture(t)
 
 	cases := []struct {
 		name string
