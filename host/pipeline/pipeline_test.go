@@ -106,7 +106,14 @@ func transfer(t *testing.T, input io.Reader, srcCfg SourceConfig, dstCfg DestCon
 			return r.out.Write(p)
 		}), nil, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	// A guard against a hang, not a speed limit: a stream of a few hundred
+	// MB under -race on a loaded 2-core machine took 55-60 s, and a fixed
+	// 60 s cut it off. Up to the test binary's own deadline.
+	timeout := 5 * time.Minute
+	if d, ok := t.Deadline(); ok {
+		timeout = max(time.Until(d)-30*time.Second, time.Minute)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Add(1)
