@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,6 +46,23 @@ type Client struct {
 	doorbell *uint32 // header words, see wire.go
 	sleepers *uint32
 
+	// The host-wake eventfd (version 4): the plugin writes it after a
+	// completion whose caller parked; dispatch reads it through the
+	// netpoller and signals the parked callers. readWakeFn is readWake
+	// as a func value, made once so that dispatch allocates nothing;
+	// wakeBuf and wakeErr belong to dispatch.
+	wake       *os.File
+	wakeConn   syscall.RawConn
+	readWakeFn func(fd uintptr) bool
+	wakeBuf    [8]byte
+	wakeErr    error
+	// shortHits is how often (out of hitScale, a 1/8 moving average) a
+	// wait's short futex phase caught the completion; waits counts waits,
+	// so that every shortProbe-th one tries the short phase anyway (see
+	// wait).
+	shortHits atomic.Int32
+	waits     atomic.Uint32
+
 	slots []clientSlot
 	free  freeList
 
@@ -64,8 +82,17 @@ type clientSlot struct {
 	reqSeq *uint32 // request sequence (host stores it to post)
 	done   []byte  // the completion record, completionSize bytes
 	doneSq *uint32 // completion sequence (plugin stores it to complete)
-	wake   *uint32 // the host sleeps on it
-	parked *uint32 // 1 while the host may sleep on wake
+	wake   *uint32 // the futex word of a short wait (parkedFutex)
+	parked *uint32 // parkedFutex or parkedEventfd while the host may be asleep
+
+	// Parking (host-private). waiting is parkedFor(seq) while a caller
+	// (or reaper) is parked on signal for request seq, 0 otherwise;
+	// dispatch reads it to find whom a host-wake is for. signal holds
+	// at most one token: a stale one only makes the next wait look once
+	// more. timer bounds a wait with a deadline (made once, reused).
+	waiting atomic.Uint64
+	signal  chan struct{}
+	timer   *time.Timer
 
 	// Lease bookkeeping (host-private, like seq). gen changes at every
 	// TryLease and Release of the slot, so a Lease handle is live only
@@ -114,18 +141,38 @@ var (
 )
 
 // Waiting for a completion: spin this many times reading the completion
-// sequence before parking on the futex. A spin is a few nanoseconds; the
-// point is only to catch a plugin that answers within a microsecond or so,
-// without a syscall. Spinning longer costs the plugin CPU on a small
-// machine (the benchmarks in docs/dataplane.md chose it).
+// sequence before parking. A spin is a few nanoseconds; the point is only
+// to catch a plugin that answers within a microsecond or so, without
+// parking. Spinning longer costs the plugin CPU on a small machine (the
+// benchmarks in docs/dataplane.md chose it).
 const spinReads = 64
 
-// pollCancel bounds each futex sleep when ctx can be cancelled: a futex
-// cannot wait on a channel, so a cancelled ctx is noticed at the next
-// wake-up, at most this long after. Deadlines need no polling (the sleep
-// ends at the deadline) and neither does a dead channel (teardown wakes
-// every sleeper).
-const pollCancel = 2 * time.Millisecond
+// parkedFor is the waiting word of a slot whose caller waits for request
+// seq: never 0, so 0 can mean "nobody".
+func parkedFor(seq uint32) uint64 { return 1<<32 | uint64(seq) }
+
+// A wait first sleeps on the slot's futex word for at most rawSleep, with
+// a raw syscall that keeps the P, while that short phase has been
+// catching completions: for a 4 KiB call that answers in tens of µs,
+// parking a goroutine and waking it through the netpoller and the
+// dispatcher costs more CPU than one futex sleep (measured: 1.5-3x the
+// plugin path's CPU ratio on 4 KiB calls without the short phase). The
+// bound keeps the P from other goroutines for at most rawSleep plus the
+// kernel's timer slack (50 µs by default), and sysmon never sees a
+// syscall to retake. Calls with at most smallOut bytes of output room
+// (a page or so) always try it. Larger ones try it while its hit rate is
+// at least shortMin (1/16): long calls (1 MiB, batches) miss it, the rate
+// falls and they go straight to the netpoller, except every shortProbe-th
+// wait, which tries again (so the rate recovers when calls get short
+// again) at the cost of one extra wake-up; a miss costs one wake-up (the
+// timeout) more than going to the netpoller directly.
+const (
+	rawSleep   = 50 * time.Microsecond
+	smallOut   = 16 << 10
+	hitScale   = 1024
+	shortMin   = hitScale / 16
+	shortProbe = 16
+)
 
 // NewClient creates the arena described by opts, sends it to the plugin over
 // conn and waits, bounded by ctx, until the plugin has mapped it. NewClient
@@ -143,12 +190,29 @@ func NewClient(ctx context.Context, conn *os.File, opts ClientOptions) (*Client,
 	if err != nil {
 		return nil, fmt.Errorf("shm client: %w", err)
 	}
-	mem, err := handshake(ctx, uc, g)
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("shm client: host-wake eventfd: %w", err)
+	}
+	mem, err := handshake(ctx, uc, g, efd)
+	if err != nil {
+		unix.Close(efd)
 		uc.Close()
 		return nil, fmt.Errorf("shm client: %w", err)
 	}
+	// Non-blocking, so os.NewFile registers it with the netpoller.
+	wake := os.NewFile(uintptr(efd), "dwcp-shm-wake")
+	wakeConn, err := wake.SyscallConn()
+	if err != nil {
+		wake.Close()
+		unix.Munmap(mem)
+		uc.Close()
+		return nil, fmt.Errorf("shm client: host-wake eventfd: %w", err)
+	}
 	c := &Client{
+		wake:      wake,
+		wakeConn:  wakeConn,
 		conn:      uc,
 		g:         g,
 		mem:       mem,
@@ -164,29 +228,37 @@ func NewClient(ctx context.Context, conn *os.File, opts ClientOptions) (*Client,
 	for i := range g.slots {
 		idx := g.slots - 1 - i
 		ctl := g.ctlOff(idx)
+		timer := time.NewTimer(time.Hour)
+		timer.Stop()
 		c.slots[idx] = clientSlot{
 			reqSeq: word(mem, ctl+slotReqSeq),
 			done:   mem[ctl+slotDone : ctl+slotDone+completionSize : ctl+slotDone+completionSize],
 			doneSq: word(mem, ctl+slotDoneSeq),
 			wake:   word(mem, ctl+slotWake),
 			parked: word(mem, ctl+slotParked),
+			signal: make(chan struct{}, 1),
+			timer:  timer,
 		}
 		c.free.put(idx)
 	}
-	c.wg.Add(1)
+	c.readWakeFn = c.readWake
+	c.shortHits.Store(hitScale) // optimistic: the first waits try the short phase
+	c.wg.Add(2)
 	go c.watch()
+	go c.dispatch()
 	return c, nil
 }
 
-// handshake sends the hello with the memfd and waits for the plugin's ack.
-func handshake(ctx context.Context, uc *net.UnixConn, g geometry) ([]byte, error) {
+// handshake sends the hello with the memfd and the host-wake eventfd efd
+// (which stays the caller's) and waits for the plugin's ack.
+func handshake(ctx context.Context, uc *net.UnixConn, g geometry, efd int) ([]byte, error) {
 	fd, mem, err := createArena(g)
 	if err != nil {
 		return nil, err
 	}
 	var msg [maxMessage]byte
 	encodeHello(msg[:], hello{version: protocolVersion, geometry: g, arenaSize: g.size()})
-	_, _, err = uc.WriteMsgUnix(msg[:helloSize], unix.UnixRights(fd), nil)
+	_, _, err = uc.WriteMsgUnix(msg[:helloSize], unix.UnixRights(fd, efd), nil)
 	// The descriptor in flight holds its own reference; ours is no longer
 	// needed, and the mapping keeps the memory.
 	unix.Close(fd)
@@ -329,7 +401,9 @@ func (c *Client) call(ctx context.Context, deadline time.Time, op uint32, arg in
 // sees it also sees the fields written before it. The futex wake (a
 // syscall) is skipped while no worker is parked: a worker about to park
 // counts itself in sleepers first and then looks for work once more, so a
-// request posted in between is found either way.
+// request posted in between is found either way. The wake is a raw
+// syscall: it never blocks, and going through the runtime's syscall
+// bookkeeping would only wake sysmon (see wait).
 func (c *Client) post(idx uint32, r request) {
 	var rec [requestSize]byte
 	encodeRequest(rec[:], r)
@@ -349,47 +423,164 @@ func (c *Client) post(idx uint32, r request) {
 // error if the channel dies (ErrClosed), the plugin breaks the protocol
 // (ErrClosed and ErrProtocol; the channel is torn down), ctx ends or the
 // deadline passes. Memory must be held (memMu.RLock) by the caller.
+//
+// After a short spin, and a short raw futex sleep when that pays (see
+// rawSleep), it parks the goroutine, not the thread: the plugin's wake-up
+// arrives on the host-wake eventfd, which dispatch reads through Go's
+// netpoller and turns into a token on s.signal. A thread asleep in a futex syscall
+// instead keeps its P in the syscall state; when every P is busy or in
+// such a syscall (GOMAXPROCS callers waiting on the plugin), sysmon
+// retakes one after 20 µs, and every retake makes sysmon poll again at
+// 20 µs. On this 2-vCPU VM that polling cost 4-5 sysmon wake-ups per
+// 1 MiB call, ~10 % of the plugin path's CPU (docs/dataplane.md, "Waking
+// the host"). A goroutine parked in the netpoller leaves its P idle and
+// sysmon asleep.
 func (c *Client) wait(ctx context.Context, deadline time.Time, s *clientSlot, outCap uint32) (completion, error) {
 	for range spinReads {
 		if atomic.LoadUint32(s.doneSq) == s.seq {
 			return c.completion(s, outCap)
 		}
 	}
-	for {
-		// Parking protocol, the mirror of post's: announce, then re-check,
-		// then sleep on the value read before the re-check. The plugin
-		// stores the completion sequence before it reads parked, so either
-		// we see the completion here or it sees parked and bumps wake,
-		// which makes the sleep below return at once.
-		atomic.StoreUint32(s.parked, 1)
+	if (outCap <= smallOut || c.shortHits.Load() >= shortMin || c.waits.Add(1)%shortProbe == 0) &&
+		ctx.Err() == nil && (deadline.IsZero() || time.Until(deadline) > rawSleep) {
+		// The same announce / re-check / sleep as below, on the futex
+		// word: the plugin bumps it when parked says parkedFutex.
+		atomic.StoreUint32(s.parked, parkedFutex)
 		w := atomic.LoadUint32(s.wake)
-		switch d := atomic.LoadUint32(s.doneSq); d {
-		case s.seq:
-			atomic.StoreUint32(s.parked, 0)
-			return c.completion(s, outCap)
-		case s.seq - 1:
-			// Still the previous request's: not done yet.
-		default:
-			err := fmt.Errorf("completion: %w: sequence %d is neither the request's (%d) nor the one before", ErrProtocol, d, s.seq)
-			c.fail(err)
-			return completion{}, c.deadErr
+		done, err := c.check(s)
+		if !done && err == nil {
+			futexSleepRaw(s.wake, w, rawSleep)
+			done, err = c.check(s)
+		}
+		h := c.shortHits.Load()
+		if done {
+			c.shortHits.Store(h + (hitScale-h)/8)
+		} else {
+			c.shortHits.Store(h - (h+7)/8)
+		}
+		if done || err != nil {
+			return c.finish(s, outCap, err)
+		}
+	}
+	var timeout <-chan time.Time
+	if !deadline.IsZero() {
+		d := time.Until(deadline)
+		if d <= 0 {
+			return completion{}, fmt.Errorf("shm call: %w", context.DeadlineExceeded)
+		}
+		s.timer.Reset(d)
+		defer s.timer.Stop()
+		timeout = s.timer.C
+	}
+	defer s.waiting.Store(0)
+	for {
+		// Parking protocol: announce (waiting for dispatch, parked for
+		// the plugin), then re-check, then park. The plugin stores the
+		// completion sequence before it reads parked, so either we see
+		// the completion here or it sees parked and writes the eventfd
+		// after its store; dispatch reads the eventfd, then the
+		// sequence, and signals us.
+		s.waiting.Store(parkedFor(s.seq))
+		atomic.StoreUint32(s.parked, parkedEventfd)
+		if done, err := c.check(s); done || err != nil {
+			return c.finish(s, outCap, err)
 		}
 		if c.down.Load() {
 			return completion{}, c.deadErr
 		}
-		if err := ctx.Err(); err != nil {
-			return completion{}, err
+		select {
+		case <-s.signal:
+		case <-c.dead:
+			return completion{}, c.deadErr
+		case <-ctx.Done():
+			return completion{}, ctx.Err()
+		case <-timeout:
+			return completion{}, fmt.Errorf("shm call: %w", context.DeadlineExceeded)
 		}
-		var d time.Duration
-		if !deadline.IsZero() {
-			if d = time.Until(deadline); d <= 0 {
-				return completion{}, fmt.Errorf("shm call: %w", context.DeadlineExceeded)
+	}
+}
+
+// check reports whether slot s's request is complete, after the caller
+// announced that it may sleep. A completion sequence that is neither the
+// request's nor the one before is a protocol violation: the channel is
+// torn down and the error returned.
+func (c *Client) check(s *clientSlot) (bool, error) {
+	switch d := atomic.LoadUint32(s.doneSq); d {
+	case s.seq:
+		return true, nil
+	case s.seq - 1:
+		return false, nil // still the previous request's: not done yet
+	default:
+		c.fail(fmt.Errorf("completion: %w: sequence %d is neither the request's (%d) nor the one before", ErrProtocol, d, s.seq))
+		return false, c.deadErr
+	}
+}
+
+// finish ends a wait that parked: it clears parked and reads the
+// completion (or passes err on).
+func (c *Client) finish(s *clientSlot, outCap uint32, err error) (completion, error) {
+	if err != nil {
+		return completion{}, err
+	}
+	atomic.StoreUint32(s.parked, 0)
+	return c.completion(s, outCap)
+}
+
+// dispatch turns host-wakes into signals. It waits for the eventfd to be
+// readable in the netpoller (RawConn.Read parks the goroutine while
+// readWake reports EAGAIN), then signals every parked caller whose
+// completion sequence has moved on from the one before its request (its
+// own completion, or garbage for its wait to report). One read takes all
+// the wake-ups written since the last (an eventfd is a counter). It ends
+// when the channel is torn down (fail closes the eventfd).
+func (c *Client) dispatch() {
+	defer c.wg.Done()
+	for {
+		err := c.wakeConn.Read(c.readWakeFn)
+		if err == nil {
+			err = c.wakeErr
+		}
+		if err != nil {
+			if !c.down.Load() {
+				c.fail(fmt.Errorf("host-wake eventfd: %w", err))
+			}
+			return
+		}
+		c.memMu.RLock()
+		if c.mem != nil {
+			for i := range c.slots {
+				s := &c.slots[i]
+				w := s.waiting.Load()
+				if w != 0 && atomic.LoadUint32(s.doneSq) != uint32(w)-1 {
+					select {
+					case s.signal <- struct{}{}:
+					default:
+					}
+				}
 			}
 		}
-		if ctx.Done() != nil && (d == 0 || d > pollCancel) {
-			d = pollCancel
+		c.memMu.RUnlock()
+	}
+}
+
+// readWake reads (and so resets) the eventfd's counter: true when it did,
+// or on an error (kept in wakeErr), false when there was nothing to read
+// (EAGAIN), which makes RawConn.Read wait for the next write. A raw
+// syscall: the read never blocks, and the runtime's syscall entry would
+// wake a sleeping sysmon.
+func (c *Client) readWake(fd uintptr) bool {
+	for {
+		_, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&c.wakeBuf[0])), uintptr(len(c.wakeBuf)))
+		switch e {
+		case 0:
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
 		}
-		futexSleep(s.wake, w, d)
+		c.wakeErr = e
+		return true
 	}
 }
 
@@ -447,16 +638,11 @@ func (c *Client) fail(cause error) {
 	c.failed.Do(func() {
 		c.deadErr = fmt.Errorf("%w: %w", ErrClosed, cause)
 		c.down.Store(true)
+		// Closing dead wakes every parked caller; closing the eventfd
+		// ends dispatch.
 		close(c.dead)
 		c.conn.Close()
-		// Every caller that read down as false before the store above has
-		// read its wake word even earlier, so this bump ends its sleep.
-		// fail runs with the mapping held: by a Call or a reaper, by the
-		// watcher (Close waits for it before unmapping), or by Close
-		// itself before it unmaps.
-		for i := range c.slots {
-			bump(c.slots[i].wake, math.MaxInt32)
-		}
+		c.wake.Close()
 	})
 }
 

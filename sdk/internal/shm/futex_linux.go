@@ -45,6 +45,16 @@ func futexSleep(addr *uint32, val uint32, d time.Duration) {
 	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
 }
 
+// futexSleepRaw is futexSleep (d > 0) without telling the Go runtime: the
+// thread keeps its P while it sleeps, so sysmon sees no syscall to retake
+// and nothing is handed off. Only for sleeps bounded to tens of
+// microseconds (Client.wait's short phase): meanwhile no other goroutine
+// can run on this P.
+func futexSleepRaw(addr *uint32, val uint32, d time.Duration) {
+	ts := unix.NsecToTimespec(int64(d))
+	unix.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
+}
+
 // futexWakeN wakes up to n sleepers on addr. It never blocks.
 func futexWakeN(addr *uint32, n int) {
 	unix.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWake, uintptr(n), 0, 0, 0)

@@ -94,7 +94,9 @@ type fakePlugin struct {
 	conn *net.UnixConn
 	mem  []byte
 	g    geometry
+	wake int      // the host-wake eventfd
 	seen []uint32 // last request sequence read per slot
+	gone bool     // the host closed the socket (seen by pause)
 }
 
 // acceptFake does the plugin half of the handshake by hand.
@@ -104,18 +106,19 @@ func acceptFake(f *os.File) (*fakePlugin, error) {
 		return nil, err
 	}
 	var msg [maxMessage]byte
-	oob := make([]byte, unix.CmsgSpace(4))
+	oob := make([]byte, unix.CmsgSpace(8))
 	n, oobn, _, _, err := uc.ReadMsgUnix(msg[:], oob)
 	if err != nil {
 		uc.Close()
 		return nil, err
 	}
 	fds, err := receivedFDs(oob[:oobn])
-	if err != nil || len(fds) != 1 {
+	if err != nil || len(fds) != 2 {
 		uc.Close()
+		closeFDs(fds)
 		return nil, fmt.Errorf("fds %v: %v", fds, err)
 	}
-	defer closeFDs(fds)
+	defer closeFDs(fds[:1])
 	h, err := decodeHello(msg[:n])
 	if err != nil {
 		uc.Close()
@@ -124,9 +127,10 @@ func acceptFake(f *os.File) (*fakePlugin, error) {
 	mem, err := mapArena(fds[0], h.geometry)
 	if err != nil {
 		uc.Close()
+		unix.Close(fds[1])
 		return nil, err
 	}
-	return &fakePlugin{conn: uc, mem: mem, g: h.geometry, seen: make([]uint32, h.slots)}, nil
+	return &fakePlugin{conn: uc, mem: mem, g: h.geometry, wake: fds[1], seen: make([]uint32, h.slots)}, nil
 }
 
 func (p *fakePlugin) sendAck(status uint32) error {
@@ -137,9 +141,10 @@ func (p *fakePlugin) sendAck(status uint32) error {
 }
 
 // readRequest polls the control area (no doorbell: a test can afford it)
-// until a new request is posted on some slot.
+// until a new request is posted on some slot, or the host closes the
+// socket (the wait between polls is a read on it).
 func (p *fakePlugin) readRequest() (uint32, request, error) {
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Microsecond) {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); p.pause() {
 		for i := range p.g.slots {
 			ctl := p.g.ctlOff(i)
 			seq := atomic.LoadUint32(word(p.mem, ctl+slotReqSeq))
@@ -150,17 +155,38 @@ func (p *fakePlugin) readRequest() (uint32, request, error) {
 			r, err := decodeRequest(p.mem[ctl+slotReq:ctl+slotReq+requestSize], p.g, seq)
 			return i, r, err
 		}
+		if p.gone {
+			return 0, request{}, errors.New("fake plugin: the host closed the socket")
+		}
 	}
 	return 0, request{}, errors.New("fake plugin: no request within 10 s")
 }
 
+// pause waits 100 µs for the host to close the socket. Once it has, the
+// next readRequest returns at once instead of polling for 10 s.
+func (p *fakePlugin) pause() {
+	var b [maxMessage]byte
+	p.conn.SetReadDeadline(time.Now().Add(100 * time.Microsecond))
+	if _, err := p.conn.Read(b[:]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		p.gone = true
+	}
+}
+
 // complete publishes rec as slot's completion record, the way Serve does:
-// sequence last, then a wake if the host is parked.
+// sequence last, then a host-wake (unconditionally: a spurious one must
+// be harmless too).
 func (p *fakePlugin) complete(slot uint32, rec [completionSize]byte) {
 	ctl := p.g.ctlOff(slot)
 	copy(p.mem[ctl+slotDone+4:ctl+slotDone+completionSize], rec[4:])
 	atomic.StoreUint32(word(p.mem, ctl+slotDoneSeq), le.Uint32(rec[:]))
-	bump(word(p.mem, ctl+slotWake), 1)
+	p.wakeHost()
+}
+
+// wakeHost adds 1 to the host-wake eventfd.
+func (p *fakePlugin) wakeHost() {
+	var one [8]byte
+	le.PutUint64(one[:], 1)
+	unix.Write(p.wake, one[:])
 }
 
 func (p *fakePlugin) completeWith(slot uint32, c completion) {
@@ -179,6 +205,7 @@ func (p *fakePlugin) hangup() {
 func (p *fakePlugin) close() {
 	p.conn.Close()
 	unix.Munmap(p.mem)
+	unix.Close(p.wake)
 }
 
 // withFake connects a Client to a fakePlugin that acknowledges and then runs
@@ -222,6 +249,7 @@ func withFake(t *testing.T, opts ClientOptions, script func(p *fakePlugin)) *Cli
 type rawHost struct {
 	conn *net.UnixConn
 	errc chan error // Serve's result
+	wake int        // the host-wake eventfd sent with a version-4 hello
 }
 
 // serveRaw starts Serve (counting handler calls in calls) against a rawHost.
@@ -274,7 +302,17 @@ func (r *rawHost) handshakeVersion(t *testing.T, g geometry, v uint32) []byte {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Munmap(mem) })
-	err = r.hello(hello{version: v, geometry: g, arenaSize: g.size()}, fd)
+	fds := []int{fd}
+	if v >= eventfdVersion {
+		efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.wake = efd
+		t.Cleanup(func() { unix.Close(efd) })
+		fds = append(fds, efd)
+	}
+	err = r.hello(hello{version: v, geometry: g, arenaSize: g.size()}, fds...)
 	unix.Close(fd)
 	if err != nil {
 		t.Fatal(err)

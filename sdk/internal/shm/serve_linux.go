@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -36,6 +37,9 @@ type server struct {
 	// batches: the host speaks version 3, so an OpBatch request is a
 	// batch table. From a version-2 host it is an ordinary op.
 	batches bool
+	// wakeFD is the host-wake eventfd of a version-4 host (-1 before
+	// version 4, whose host sleeps on the slot's futex word instead).
+	wakeFD int
 
 	stopping atomic.Bool
 	stopped  sync.Once
@@ -77,7 +81,7 @@ func Serve(ctx context.Context, conn *os.File, h Handler, workers int) error {
 	if err != nil {
 		return fmt.Errorf("shm serve: %w", err)
 	}
-	s := &server{conn: uc, h: h}
+	s := &server{conn: uc, h: h, wakeFD: -1}
 
 	// The watcher covers the whole life of Serve, the hello included, and
 	// outlives the workers so that ctx can still stop them.
@@ -92,11 +96,11 @@ func Serve(ctx context.Context, conn *os.File, h Handler, workers int) error {
 	})
 
 	var unmapErr error
-	mem, g, version, err := s.accept()
+	mem, g, version, wakeFD, err := s.accept()
 	if err != nil {
 		s.stop(err)
 	} else {
-		s.mem, s.g, s.batches = mem, g, version >= batchVersion
+		s.mem, s.g, s.batches, s.wakeFD = mem, g, version >= batchVersion, wakeFD
 		s.doorbell, s.sleepers = word(mem, hdrDoorbell), word(mem, hdrSleepers)
 		s.taken = make([]atomic.Uint32, g.slots)
 		// Workers return only after stop, and the watcher calls stop when
@@ -108,6 +112,9 @@ func Serve(ctx context.Context, conn *os.File, h Handler, workers int) error {
 		}
 		workersWG.Wait()
 		unmapErr = unix.Munmap(mem)
+		if wakeFD >= 0 {
+			unix.Close(wakeFD)
+		}
 	}
 	close(done)
 	watcher.Wait()
@@ -120,60 +127,95 @@ func Serve(ctx context.Context, conn *os.File, h Handler, workers int) error {
 	return fmt.Errorf("shm serve: %w", s.cause)
 }
 
-// accept receives the hello and its memfd, maps the arena and acknowledges.
-// A hello it cannot honour is refused with a status before it gives up, so
-// the host can say why.
-func (s *server) accept() ([]byte, geometry, uint32, error) {
+// accept receives the hello and its descriptors (the memfd, and from a
+// version-4 host the host-wake eventfd), maps the arena and acknowledges.
+// A hello it cannot honour is refused with a status before it gives up,
+// so the host can say why. wakeFD is -1 for a host before version 4.
+func (s *server) accept() (mem []byte, g geometry, version uint32, wakeFD int, err error) {
 	var msg [maxMessage]byte
 	oob := make([]byte, unix.CmsgSpace(maxRecvFDs*4))
 	n, oobn, flags, _, err := s.conn.ReadMsgUnix(msg[:], oob)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, geometry{}, 0, fmt.Errorf("wait for hello: %w: host closed the socket", ErrClosed)
+			return nil, geometry{}, 0, -1, fmt.Errorf("wait for hello: %w: host closed the socket", ErrClosed)
 		}
-		return nil, geometry{}, 0, fmt.Errorf("wait for hello: %w", err)
+		return nil, geometry{}, 0, -1, fmt.Errorf("wait for hello: %w", err)
 	}
 	fds, err := receivedFDs(oob[:oobn])
 	if err != nil {
-		return nil, geometry{}, 0, fmt.Errorf("hello: %w: %w", ErrProtocol, err)
+		return nil, geometry{}, 0, -1, fmt.Errorf("hello: %w: %w", ErrProtocol, err)
 	}
-	// The mapping, once made, keeps the memory; no descriptor is kept.
-	defer closeFDs(fds)
+	// The mapping, once made, keeps the memory; only the eventfd is kept
+	// (taken out of fds below once it has passed its checks).
+	defer func() { closeFDs(fds) }()
 	if flags&unix.MSG_CTRUNC != 0 {
-		return nil, geometry{}, 0, fmt.Errorf("hello: %w: more than %d descriptors attached", ErrProtocol, maxRecvFDs)
+		return nil, geometry{}, 0, -1, fmt.Errorf("hello: %w: more than %d descriptors attached", ErrProtocol, maxRecvFDs)
 	}
 	h, err := decodeHello(msg[:n])
 	if err != nil {
-		return nil, geometry{}, 0, err
-	}
-	if len(fds) != 1 {
-		s.refuse(ackBadArena)
-		return nil, geometry{}, 0, fmt.Errorf("hello: %w: %d descriptors attached, want 1", ErrProtocol, len(fds))
+		return nil, geometry{}, 0, -1, err
 	}
 	if h.version < minProtocolVersion || h.version > protocolVersion {
 		s.refuse(ackBadVersion)
-		return nil, geometry{}, 0, fmt.Errorf("hello: version %d, this plugin speaks %d to %d", h.version, minProtocolVersion, protocolVersion)
+		return nil, geometry{}, 0, -1, fmt.Errorf("hello: version %d, this plugin speaks %d to %d", h.version, minProtocolVersion, protocolVersion)
 	}
-	g, err := newGeometry(h.slots, h.slotIn, h.slotOut)
+	want := 1
+	if h.version >= eventfdVersion {
+		want = 2
+	}
+	if len(fds) != want {
+		s.refuse(ackBadArena)
+		return nil, geometry{}, 0, -1, fmt.Errorf("hello: %w: %d descriptors attached, want %d for version %d", ErrProtocol, len(fds), want, h.version)
+	}
+	g, err = newGeometry(h.slots, h.slotIn, h.slotOut)
 	if err == nil && h.arenaSize != g.size() {
 		err = fmt.Errorf("arena geometry: %w: announced %d bytes, layout needs %d", ErrProtocol, h.arenaSize, g.size())
 	}
 	if err != nil {
 		s.refuse(ackBadArena)
-		return nil, geometry{}, 0, fmt.Errorf("hello: %w", err)
+		return nil, geometry{}, 0, -1, fmt.Errorf("hello: %w", err)
 	}
-	mem, err := mapArena(fds[0], g)
+	wakeFD = -1
+	if want == 2 {
+		if err := checkWakeFD(fds[1]); err != nil {
+			s.refuse(ackBadArena)
+			return nil, geometry{}, 0, -1, fmt.Errorf("hello: %w: %w", ErrProtocol, err)
+		}
+	}
+	mem, err = mapArena(fds[0], g)
 	if err != nil {
 		s.refuse(ackBadArena)
-		return nil, geometry{}, 0, fmt.Errorf("hello: %w", err)
+		return nil, geometry{}, 0, -1, fmt.Errorf("hello: %w", err)
 	}
-	// The host's version: a version-2 host checks the ack against its own.
+	// The host's version: an older host checks the ack against its own.
 	encodeAck(msg[:], ack{version: h.version, status: ackOK})
 	if _, err := s.conn.Write(msg[:ackSize]); err != nil {
 		unix.Munmap(mem)
-		return nil, geometry{}, 0, fmt.Errorf("send ack: %w", err)
+		return nil, geometry{}, 0, -1, fmt.Errorf("send ack: %w", err)
 	}
-	return mem, g, h.version, nil
+	if want == 2 {
+		wakeFD, fds = fds[1], fds[:1]
+	}
+	return mem, g, h.version, wakeFD, nil
+}
+
+// checkWakeFD makes sure the hello's second descriptor is an eventfd and
+// cannot block the plugin: a worker writes it with a raw syscall (no Go
+// scheduler involvement), so a blocking write would stall the worker with
+// its P. O_NONBLOCK is set on the open file description, which the host
+// shares; the host created it non-blocking anyway.
+func checkWakeFD(fd int) error {
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return fmt.Errorf("host-wake descriptor: %w", err)
+	}
+	if link != "anon_inode:[eventfd]" {
+		return fmt.Errorf("host-wake descriptor is %q, want an eventfd", link)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fmt.Errorf("host-wake descriptor: set non-blocking: %w", err)
+	}
+	return nil
 }
 
 // refuse tells the host why its hello was rejected. It is best effort: the
@@ -287,10 +329,27 @@ func (s *server) serveSlot(idx, seq uint32) error {
 	// sequence, so if it is not looking it is asleep (or about to sleep on
 	// a wake value the bump changes).
 	atomic.StoreUint32(word(s.mem, ctl+slotDoneSeq), seq)
-	if atomic.LoadUint32(word(s.mem, ctl+slotParked)) != 0 {
-		bump(word(s.mem, ctl+slotWake), 1)
+	if p := atomic.LoadUint32(word(s.mem, ctl+slotParked)); p != 0 {
+		s.wakeHost(ctl, p)
 	}
 	return nil
+}
+
+// wakeHost wakes a host that parked (parked is the word's value) waiting
+// for the completion just published on the slot whose control block is
+// at ctl. A version-4 host waiting in its netpoller (parkedEventfd) gets
+// one raw write of 1 to the host-wake eventfd. The write cannot block
+// (checkWakeFD set O_NONBLOCK) and its only failure, EAGAIN at a counter
+// of 2^64-2, means the host has a wake-up pending anyway, so errors are
+// ignored. A host asleep on the slot's futex word (parkedFutex, the only
+// value before version 4) gets a bump of it.
+func (s *server) wakeHost(ctl uint64, parked uint32) {
+	if parked == parkedFutex || s.wakeFD < 0 {
+		bump(word(s.mem, ctl+slotWake), 1)
+		return
+	}
+	one := [8]byte{1}
+	unix.RawSyscall(unix.SYS_WRITE, uintptr(s.wakeFD), uintptr(unsafe.Pointer(&one[0])), 8)
 }
 
 // hostGone reports whether err only says the host closed its end, which is

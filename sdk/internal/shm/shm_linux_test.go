@@ -588,6 +588,15 @@ func TestHostileHostHello(t *testing.T) {
 		}
 		return fd
 	}
+	// A version-4 hello carries the memfd and the host-wake eventfd.
+	efd := func(t *testing.T) int {
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fd
+	}
+	v3 := hello{version: 3, geometry: g, arenaSize: g.size()}
 	cases := []struct {
 		name   string
 		h      hello
@@ -596,26 +605,35 @@ func TestHostileHostHello(t *testing.T) {
 		proto  bool   // Serve's error must wrap ErrProtocol
 	}{
 		{"no descriptor", good, func(t *testing.T) []int { return nil }, ackBadArena, true},
-		{"two descriptors", good, func(t *testing.T) []int {
+		{"memfd only", good, func(t *testing.T) []int {
+			return []int{sealed(t, int64(g.size()), arenaSeals)}
+		}, ackBadArena, true},
+		{"memfd instead of eventfd", good, func(t *testing.T) []int {
 			return []int{sealed(t, int64(g.size()), arenaSeals), sealed(t, int64(g.size()), arenaSeals)}
+		}, ackBadArena, true},
+		{"three descriptors", good, func(t *testing.T) []int {
+			return []int{sealed(t, int64(g.size()), arenaSeals), efd(t), efd(t)}
+		}, ackBadArena, true},
+		{"version 3 with an eventfd", v3, func(t *testing.T) []int {
+			return []int{sealed(t, int64(g.size()), arenaSeals), efd(t)}
 		}, ackBadArena, true},
 		{"wrong version", hello{version: 9, geometry: g, arenaSize: g.size()}, func(t *testing.T) []int {
 			return []int{sealed(t, int64(g.size()), arenaSeals)}
 		}, ackBadVersion, false},
 		{"size mismatch", hello{version: protocolVersion, geometry: g, arenaSize: g.size() + 1}, func(t *testing.T) []int {
-			return []int{sealed(t, int64(g.size()), arenaSeals)}
+			return []int{sealed(t, int64(g.size()), arenaSeals), efd(t)}
 		}, ackBadArena, true},
 		{"zero slots", hello{version: protocolVersion, arenaSize: 0, geometry: geometry{slotIn: 4096, slotOut: 4096}}, func(t *testing.T) []int {
-			return []int{sealed(t, int64(g.size()), arenaSeals)}
+			return []int{sealed(t, int64(g.size()), arenaSeals), efd(t)}
 		}, ackBadArena, true},
 		{"huge arena", hello{version: protocolVersion, geometry: geometry{slots: maxSlots, slotIn: maxRegion, slotOut: maxRegion}, arenaSize: math.MaxUint64}, func(t *testing.T) []int {
-			return []int{sealed(t, int64(g.size()), arenaSeals)}
+			return []int{sealed(t, int64(g.size()), arenaSeals), efd(t)}
 		}, ackBadArena, true},
 		{"memfd smaller than announced", good, func(t *testing.T) []int {
-			return []int{sealed(t, int64(g.size())-4096, arenaSeals)}
+			return []int{sealed(t, int64(g.size())-4096, arenaSeals), efd(t)}
 		}, ackBadArena, false},
 		{"memfd not sealed", good, func(t *testing.T) []int {
-			return []int{sealed(t, int64(g.size()), 0)}
+			return []int{sealed(t, int64(g.size()), 0), efd(t)}
 		}, ackBadArena, false},
 		{"pipe instead of memfd", good, func(t *testing.T) []int {
 			var p [2]int
@@ -623,8 +641,16 @@ func TestHostileHostHello(t *testing.T) {
 				t.Fatal(err)
 			}
 			unix.Close(p[1])
-			return p[:1]
+			return []int{p[0], efd(t)}
 		}, ackBadArena, false},
+		{"pipe instead of eventfd", good, func(t *testing.T) []int {
+			var p [2]int
+			if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(p[0])
+			return []int{sealed(t, int64(g.size()), arenaSeals), p[1]}
+		}, ackBadArena, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -948,5 +974,69 @@ func TestHandlerSlicesClipped(t *testing.T) {
 		if err != nil || len(got) != n/2 {
 			t.Fatalf("n=%d: %d bytes, %v", n, len(got), err)
 		}
+	}
+}
+
+// TestHostWake: Serve wakes a parked host the way the host asked in its
+// parked word: a version-4 host waiting for the eventfd (parkedEventfd)
+// through the eventfd and never its futex word, a host asleep on the futex
+// word (parkedFutex, the only kind before version 4) by bumping the word
+// and never the eventfd; a host that is not parked gets no wake-up at all.
+func TestHostWake(t *testing.T) {
+	g := mustGeometry(t, 2, 4096, 4096)
+	for _, v := range []uint32{3, eventfdVersion} {
+		t.Run(fmt.Sprintf("version %d", v), func(t *testing.T) {
+			var calls int64
+			var mu sync.Mutex
+			r := serveRaw(t, &calls, &mu)
+			mem := r.handshakeVersion(t, g, v)
+			wakeWord := word(mem, g.ctlOff(0)+slotWake)
+			counter := func() uint64 {
+				if v < eventfdVersion {
+					return 0
+				}
+				var b [8]byte
+				n, err := unix.Read(r.wake, b[:])
+				if errors.Is(err, unix.EAGAIN) {
+					return 0
+				}
+				if err != nil || n != 8 {
+					t.Fatalf("read host-wake eventfd: %d, %v", n, err)
+				}
+				return le.Uint64(b[:])
+			}
+			var seq uint32
+			// run posts an echo with the parked word set to parked and
+			// returns the futex word's increase and the eventfd's count.
+			run := func(parked uint32, wantEventfd bool) (uint32, uint64) {
+				t.Helper()
+				seq++
+				w0 := atomic.LoadUint32(wakeWord)
+				atomic.StoreUint32(word(mem, g.ctlOff(0)+slotParked), parked)
+				copy(mem[g.inOff(0):], "hello")
+				r.post(mem, g, 0, request{seq: seq, op: opEcho, inLen: 5, outCap: 5})
+				r.awaitDone(t, mem, g, 0, seq)
+				n := counter()
+				for deadline := time.Now().Add(10 * time.Second); wantEventfd && n == 0 && time.Now().Before(deadline); n = counter() {
+					time.Sleep(time.Millisecond)
+				}
+				return atomic.LoadUint32(wakeWord) - w0, n
+			}
+			if w, n := run(0, false); w != 0 || n != 0 {
+				t.Fatalf("unparked host woken: futex word +%d, eventfd %d", w, n)
+			}
+			if w, n := run(parkedFutex, false); w != 1 || n != 0 {
+				t.Fatalf("host asleep on the futex word: futex word +%d, eventfd %d; want +1 and 0", w, n)
+			}
+			if v >= eventfdVersion {
+				if w, n := run(parkedEventfd, true); w != 0 || n != 1 {
+					t.Fatalf("host waiting for the eventfd: futex word +%d, eventfd %d; want +0 and 1", w, n)
+				}
+			}
+			r.conn.Close()
+			if err := r.serveErr(t); err != nil {
+				t.Fatalf("Serve: %v", err)
+			}
+		})
 	}
 }

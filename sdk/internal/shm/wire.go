@@ -5,12 +5,16 @@ import (
 	"fmt"
 )
 
-// Wire format, version 3 (version 2 plus batches). Kinds of message:
+// Wire format, version 4 (version 3 plus the host-wake eventfd). Kinds of
+// message:
 //
 //   - hello and ack, one SOCK_SEQPACKET datagram each, at setup. Sizes are
 //     exact: a datagram of any other length is a protocol violation. After
 //     the ack nothing more travels over the socket; it stays open only so
-//     that each side sees the other's exit as EOF.
+//     that each side sees the other's exit as EOF. The hello carries the
+//     memfd and, from version 4, a host-wake eventfd: the plugin wakes a
+//     parked host by writing to it (a version-2/3 host sleeps on a futex
+//     word in the slot's control block instead).
 //   - request and completion records, written in place in the arena's
 //     control area (one 64-byte block per slot) and announced through
 //     futex words next to them.
@@ -29,10 +33,14 @@ const (
 	// plugin answers in the host's version if it is one it speaks
 	// (minProtocolVersion..protocolVersion). Version 1 carried requests
 	// and completions as datagrams; version 3 added batches (OpBatch),
-	// which a plugin accepts only from a version-3 host.
-	protocolVersion    = 3
+	// which a plugin accepts only from a version-3 host; version 4 adds
+	// the host-wake eventfd (the hello's second descriptor), so that a
+	// parked host waits in Go's netpoller instead of a futex syscall
+	// (docs/dataplane.md, "Waking the host").
+	protocolVersion    = 4
 	minProtocolVersion = 2
 	batchVersion       = 3
+	eventfdVersion     = 4
 
 	typeHello uint32 = 0x44570001 // "DW" + 1, host -> plugin, carries the memfd
 	typeAck   uint32 = 0x44570002 // plugin -> host
@@ -68,9 +76,11 @@ const (
 //	36 u32 code
 //	40 u32 n
 //	44 u32 reserved, zero
-//	48 u32 host wake: futex word the host sleeps on; the plugin adds 1 after
-//	       a completion if host parked is set, the host adds 1 at teardown
-//	52 u32 host parked: 1 while the host may sleep on host wake
+//	48 u32 host wake: futex word the host sleeps on when parked is 1; the
+//	       plugin adds 1 and wakes it after a completion
+//	52 u32 host parked: 0 not waiting; 1 (parkedFutex) asleep on host
+//	       wake; 2 (parkedEventfd, version 4) waiting for the host-wake
+//	       eventfd, which the plugin writes after a completion
 //	56 u64 reserved
 const (
 	ctlBlock = 64
@@ -87,6 +97,12 @@ const (
 
 	requestSize    = 32
 	completionSize = 16
+)
+
+// Values of the host parked word. Versions 2 and 3 know only 1.
+const (
+	parkedFutex   = 1 // asleep on the slot's host wake futex word
+	parkedEventfd = 2 // version 4: waiting for the host-wake eventfd
 )
 
 // Arena limits. They keep every offset computation far from overflow and
