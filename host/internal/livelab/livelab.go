@@ -52,6 +52,44 @@ type Env struct {
 	dwcpLog *bytes.Buffer
 	mu      sync.Mutex
 	where   map[*testguest.VM]*wanlab.Host
+	unlock  func()
+}
+
+// lockFile is the machine-wide lock that lets one live lab run at a time.
+var lockFile = filepath.Join(os.TempDir(), "dwcp-livelab.lock")
+
+// lockLabs waits, until ctx ends, for the machine-wide live-lab lock and
+// returns its release. Two live labs at once (go test runs packages in
+// parallel: the report's CLI test and livebench's both migrate TCG guests)
+// put four QEMUs, two shapers and four dwcp serves on two cores: every
+// time and rate either measures is then the other's load, and both guest
+// failures of one clean-clone CI run struck in the same second, in two
+// such labs (docs/migration.md, "Data integrity"). The lock is an flock,
+// so a process that dies releases it.
+func lockLabs(ctx context.Context, logf func(string, ...any)) (func(), error) {
+	f, err := os.OpenFile(lockFile, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("livelab: lock %s: %w", lockFile, err)
+	}
+	for waited := false; ; waited = true {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+		}
+		if err != syscall.EWOULDBLOCK {
+			f.Close()
+			return nil, fmt.Errorf("livelab: lock %s: %w", lockFile, err)
+		}
+		if !waited {
+			logf("livelab: another live lab runs on this machine; waiting for it to finish")
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("livelab: waiting for another live lab to finish: %w", ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 const servePort = 4650
@@ -68,14 +106,19 @@ func New(ctx context.Context, cfg Config) (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("livelab: %w", err)
 	}
-	lab, err := wanlab.New(ctx, wanlab.Config{Hosts: 2, Profile: prof})
-	if err != nil {
+	e := &Env{cfg: cfg, port: servePort, dwcpLog: &bytes.Buffer{},
+		where: map[*testguest.VM]*wanlab.Host{}, serves: map[*wanlab.Host]*exec.Cmd{}}
+	if e.unlock, err = lockLabs(ctx, e.logf); err != nil {
 		return nil, err
 	}
-	e := &Env{cfg: cfg, Lab: lab, A: lab.Host(0), B: lab.Host(1), port: servePort, dwcpLog: &bytes.Buffer{},
-		where: map[*testguest.VM]*wanlab.Host{}, serves: map[*wanlab.Host]*exec.Cmd{}}
+	lab, err := wanlab.New(ctx, wanlab.Config{Hosts: 2, Profile: prof})
+	if err != nil {
+		e.unlock()
+		return nil, err
+	}
+	e.Lab, e.A, e.B = lab, lab.Host(0), lab.Host(1)
 	if e.dir, err = os.MkdirTemp("", "dwcp-livelab-"); err != nil {
-		lab.Close()
+		e.Close()
 		return nil, err
 	}
 	e.certs = filepath.Join(e.dir, "certs")
@@ -216,6 +259,10 @@ func (e *Env) Close() {
 	}
 	if e.dir != "" {
 		_ = os.RemoveAll(e.dir)
+	}
+	if e.unlock != nil {
+		e.unlock()
+		e.unlock = nil
 	}
 }
 
