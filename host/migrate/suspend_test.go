@@ -9,11 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/dwcp/dwcp/host/internal/msgpipe"
 	"github.com/dwcp/dwcp/host/internal/pb/streamv1"
 	"github.com/dwcp/dwcp/host/internal/testguest"
 	"github.com/dwcp/dwcp/host/pipeline"
@@ -22,49 +22,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// memConn is one end of an in-process ordered message pipe: the
-// pipeline's contract with its transport, without the network.
-type memConn struct {
-	in     <-chan []byte
-	out    chan<- []byte
-	closed chan struct{}
-	once   *sync.Once
-}
-
-func memPipe() (*memConn, *memConn) {
-	a, b := make(chan []byte, 64), make(chan []byte, 64)
-	closed, once := make(chan struct{}), &sync.Once{}
-	return &memConn{in: a, out: b, closed: closed, once: once}, &memConn{in: b, out: a, closed: closed, once: once}
-}
-
-func (m *memConn) Send(ctx context.Context, msg []byte) error {
-	select {
-	case m.out <- append([]byte(nil), msg...):
-		return nil
-	case <-m.closed:
-		return io.ErrClosedPipe
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (m *memConn) Recv(ctx context.Context) ([]byte, error) {
-	select {
-	case msg := <-m.in:
-		return msg, nil
-	default:
-	}
-	select {
-	case msg := <-m.in:
-		return msg, nil
-	case <-m.closed:
-		return nil, io.ErrClosedPipe
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-func (m *memConn) Close() { m.once.Do(func() { close(m.closed) }) }
+// memPipe is a transport session's contract, without the network.
+func memPipe() (*msgpipe.End, *msgpipe.End) { return msgpipe.New(64) }
 
 // bareVM is a running `-machine none` QEMU (no guest to boot: a migration
 // of it takes milliseconds) with two QMP sockets: drv for the driver and

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dwcp/dwcp/host/internal/msgpipe"
 	"github.com/dwcp/dwcp/host/internal/pb/streamv1"
 	"github.com/dwcp/dwcp/host/internal/testguest"
 	"github.com/dwcp/dwcp/host/qemustream/streamtest"
@@ -24,59 +25,9 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// memConn is one end of an in-process ordered message pipe: the pipeline's
-// contract with its transport, without the network (the transport has its
-// own tests; end-to-end tests run both together).
-type memConn struct {
-	in     <-chan []byte
-	out    chan<- []byte
-	closed chan struct{}
-	once   *sync.Once
-	tamper func([]byte) []byte // applied to what this end sends
-}
-
-func memPipe() (*memConn, *memConn) {
-	a, b := make(chan []byte, 8), make(chan []byte, 8)
-	closed, once := make(chan struct{}), &sync.Once{}
-	return &memConn{in: a, out: b, closed: closed, once: once}, &memConn{in: b, out: a, closed: closed, once: once}
-}
-
-func (m *memConn) Send(ctx context.Context, msg []byte) error {
-	msg = append([]byte(nil), msg...)
-	if m.tamper != nil {
-		msg = m.tamper(msg)
-		if msg == nil {
-			return nil
-		}
-	}
-	select {
-	case m.out <- msg:
-		return nil
-	case <-m.closed:
-		return io.ErrClosedPipe
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (m *memConn) Recv(ctx context.Context) ([]byte, error) {
-	// Like TCP, what was sent before the close is still delivered.
-	select {
-	case msg := <-m.in:
-		return msg, nil
-	default:
-	}
-	select {
-	case msg := <-m.in:
-		return msg, nil
-	case <-m.closed:
-		return nil, io.ErrClosedPipe
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-func (m *memConn) Close() { m.once.Do(func() { close(m.closed) }) }
+// memPipe is the pipeline's contract with its transport, without the
+// network.
+func memPipe() (*msgpipe.End, *msgpipe.End) { return msgpipe.New(8) }
 
 func codecsFor() ([]Codec, map[string]codec.Codec) {
 	z, s := zstdcodec.New(), s2codec.New()
@@ -95,7 +46,7 @@ type result struct {
 func transfer(t *testing.T, input io.Reader, srcCfg SourceConfig, dstCfg DestConfig, tamper func([]byte) []byte) *result {
 	t.Helper()
 	a, b := memPipe()
-	a.tamper = tamper
+	a.Tamper = tamper
 	defer a.Close()
 	r := &result{}
 	outMu := sync.Mutex{}
