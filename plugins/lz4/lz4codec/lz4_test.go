@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"runtime/debug"
 	"testing"
 
 	"github.com/dwcp/dwcp/plugins/internal/codectest"
@@ -76,6 +77,10 @@ func TestHCBeatsFast(t *testing.T) {
 
 func TestNoAllocsWhenWarm(t *testing.T) {
 	codectest.SkipAllocsUnderRace(t)
+	// A GC empties the sync.Pools the codec reuses its state from, and
+	// the refill is one allocation the steady state does not have (a
+	// clean-clone CI run saw "1 allocation in 16 calls" at level 2).
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	c := lz4codec.New()
 	src := codectest.RealMemory(64 << 10)
 	for _, l := range levels {
