@@ -48,7 +48,7 @@ test:
 	done
 	@echo "== without -race: allocation counts, the path probe and the resize stall in the WAN lab (CPU-bound TLS throughput)"
 	@set -e; for m in $(MODULES); do (cd $$m && $(GO) test -count=1 -run 'Alloc' ./... | grep -v 'no test files'); done
-	$(GO) test -count=1 -run 'WANLab' ./host/modes/ ./host/transport/
+	$(GO) test -count=1 -p 1 -run 'WANLab' ./host/modes/ ./host/transport/
 
 test-short:
 	@set -e; for m in $(MODULES); do (cd $$m && $(GO) test -short ./...); done
