@@ -102,6 +102,11 @@ type Switchover struct {
 	ResultReceived time.Duration
 }
 
+// CancelFailed is the phrase a Source error carries when the migration could
+// not be cancelled on the source either (the VM's state there is then
+// unknown); it survives as text where errors cross a process boundary.
+const CancelFailed = "cancelling on the source failed"
+
 // Source migrates opts.VM over c (a session to the destination's dwcp
 // serve). On any failure the migration is cancelled on the source: the VM
 // keeps running here.
@@ -151,7 +156,7 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		if cerr := hv.CancelMigration(cctx, id); cerr != nil {
-			err = fmt.Errorf("%w; and cancelling on the source failed: %v", err, cerr)
+			err = fmt.Errorf("%w; and %s: %v", err, CancelFailed, cerr)
 		} else {
 			note("migration cancelled on the source; the VM keeps running there")
 		}

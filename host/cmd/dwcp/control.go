@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dwcp/dwcp/host/agent"
+	"github.com/dwcp/dwcp/host/migrate"
 	"github.com/dwcp/dwcp/host/pagestore"
 )
 
@@ -83,9 +84,16 @@ func daemonAvailable(path string) (string, bool) {
 	return path, true
 }
 
+// cancelGrace bounds how long an interrupted `dwcp migrate` waits for the
+// daemon to report that it cancelled the migration (the source side's own
+// cancel is bounded by 30 s, see migrate.Source).
+const cancelGrace = 90 * time.Second
+
 // delegateMigration runs req in the daemon behind sock, copying its output
-// to log. Cancelling ctx closes the connection, which cancels the
-// migration in the daemon.
+// to log. Cancelling ctx half-closes the connection, which cancels the
+// migration in the daemon; the call then waits (up to cancelGrace) for
+// the daemon's last word, so that when it returns the cancel is done and
+// an immediate retry finds the VM free.
 func delegateMigration(ctx context.Context, sock string, req migrateRequest, log io.Writer) (migrateSummary, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", sock)
@@ -93,7 +101,12 @@ func delegateMigration(ctx context.Context, sock string, req migrateRequest, log
 		return migrateSummary{}, fmt.Errorf("control socket %s: %w", sock, err)
 	}
 	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	stop := context.AfterFunc(ctx, func() {
+		if uc, ok := conn.(*net.UnixConn); ok && uc.CloseWrite() == nil && uc.SetReadDeadline(time.Now().Add(cancelGrace)) == nil {
+			return
+		}
+		conn.Close()
+	})
 	defer stop()
 	creq := controlRequest{Migrate: &req}
 	if req.Suspend {
@@ -107,11 +120,16 @@ func delegateMigration(ctx context.Context, sock string, req migrateRequest, log
 		var m controlMessage
 		if err := dec.Decode(&m); err != nil {
 			if ctx.Err() != nil {
-				return migrateSummary{}, fmt.Errorf("interrupted: the migration is cancelled on this host, the VM keeps running here: %w", ctx.Err())
+				return migrateSummary{}, fmt.Errorf("interrupted, and the host's dwcp serve did not confirm the cancel within %v (%v): it cancels the migration when it can, see its log", cancelGrace, err)
 			}
 			return migrateSummary{}, fmt.Errorf("the host's dwcp serve went away during the migration (%v); it cancels the migration when it can, see its log", err)
 		}
 		switch {
+		case m.Error != "" && ctx.Err() != nil:
+			if strings.Contains(m.Error, migrate.CancelFailed) {
+				return migrateSummary{}, fmt.Errorf("interrupted: %s", m.Error)
+			}
+			return migrateSummary{}, fmt.Errorf("interrupted: the migration is cancelled on this host, the VM keeps running here (%s): %w", m.Error, ctx.Err())
 		case m.Error != "" && creq.MigrateStrict != nil && strings.Contains(m.Error, errOldDaemon):
 			return migrateSummary{}, fmt.Errorf("the host's dwcp serve is older than --suspend and refused the request (%s): restart it with this dwcp, or run with --local", m.Error)
 		case m.Error != "":

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dwcp/dwcp/host/migrate"
 	"github.com/dwcp/dwcp/host/modes"
 )
 
@@ -197,4 +198,77 @@ func TestSuspendNeedsADaemonThatKnowsIt(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "older than --suspend") {
 		t.Fatalf("suspend request to an old daemon: %v", err)
 	}
+}
+
+// An interrupted `dwcp migrate` that runs in the daemon returns only once
+// the daemon has reported the migration's end (the cancel on the source
+// is done, so an immediate retry finds the VM free), and says what the
+// daemon said. A daemon that never answers is given up on after
+// cancelGrace (not waited for here).
+func TestInterruptWaitsForTheDaemonsCancel(t *testing.T) {
+	for _, c := range []struct {
+		name, daemonErr, want string
+	}{
+		{"cancelled", "migrate /q to h:1: context canceled", "interrupted: the migration is cancelled on this host"},
+		{"cancel failed", "migrate /q to h:1: context canceled; and " + migrateCancelFailed() + ": qmp gone", "interrupted: migrate /q to h:1: context canceled; and cancelling on the source failed"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "daemon.sock")
+			ln, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			const cancelTakes = 300 * time.Millisecond
+			var sawHangUp time.Time
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				if _, err := br.ReadBytes('\n'); err != nil {
+					return
+				}
+				enc := json.NewEncoder(conn)
+				_ = enc.Encode(controlMessage{Output: "pass 1\n"})
+				// The client's hang-up (EOF) is the cancel; cancelling
+				// on the source takes a while.
+				_, _ = io.Copy(io.Discard, br)
+				sawHangUp = time.Now()
+				time.Sleep(cancelTakes)
+				_ = enc.Encode(controlMessage{Error: c.daemonErr})
+			}()
+			// Ctrl-C once the migration is under way.
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			_, err = delegateMigration(ctx, sock, migrateRequest{QMP: "/q", To: "h:1"}, cancelOnOutput{"pass 1", cancel})
+			returned := time.Now()
+			<-done
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("interrupted migration: %v, want %q", err, c.want)
+			}
+			if sawHangUp.IsZero() || returned.Sub(sawHangUp) < cancelTakes {
+				t.Fatalf("returned %v after the daemon saw the hang-up, before its cancel (%v) was done", returned.Sub(sawHangUp), cancelTakes)
+			}
+		})
+	}
+}
+
+func migrateCancelFailed() string { return migrate.CancelFailed }
+
+// cancelOnOutput cancels when the output it is written contains want.
+type cancelOnOutput struct {
+	want   string
+	cancel context.CancelFunc
+}
+
+func (w cancelOnOutput) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), w.want) {
+		w.cancel()
+	}
+	return len(p), nil
 }
