@@ -277,10 +277,21 @@ func (s *Session) dataWriteLoop(ep *epoch, c *wconn) {
 	}
 	last := time.Now()
 	var ping [headerSize]byte
+	// corked: the socket holds partial segments (setCork) while this
+	// writer has frames to write; it is released before the writer
+	// waits, and before RETIRE.
+	corked := false
+	uncork := func() {
+		if corked {
+			setCork(c.raw.Conn, false)
+			corked = false
+		}
+	}
 	for {
 		s.mu.Lock()
 		if c.retiring {
 			s.mu.Unlock()
+			uncork()
 			s.writeRetire(ep, c)
 			return
 		}
@@ -290,6 +301,9 @@ func (s *Session) dataWriteLoop(ep *epoch, c *wconn) {
 		if ok {
 			if more {
 				kick(ep.dataKick)
+			}
+			if !corked {
+				corked = setCork(c.raw.Conn, true)
 			}
 			_, err := c.tls.Write(buf.b[:headerSize+n])
 			buf.release()
@@ -304,6 +318,7 @@ func (s *Session) dataWriteLoop(ep *epoch, c *wconn) {
 			last = time.Now()
 			continue
 		}
+		uncork()
 		select {
 		case <-ep.dataKick:
 		case <-c.kick:

@@ -47,3 +47,30 @@ func setNotsentLowat(c net.Conn, n int) {
 		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, n) })
 	}
 }
+
+// setCork holds (on) or releases (off) partial TCP segments of c
+// (TCP_CORK). A data connection's writer corks while it writes a run of
+// frames: TLS hands the socket one 16 KiB record per write, and with Go's
+// TCP_NODELAY each record would leave as its own segment; corked, the
+// kernel sends only full segments, and uncorking when the writer has
+// nothing more flushes the tail at once. Best effort, like
+// setNotsentLowat; it reports whether the option was set.
+func setCork(c net.Conn, on bool) bool {
+	sc, isSC := c.(syscall.Conn)
+	if !isSC {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	v := 0
+	if on {
+		v = 1
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_CORK, v) }); err != nil || serr != nil {
+		return false
+	}
+	return true
+}

@@ -13,3 +13,5 @@ type tcpState struct {
 func readTCPState(net.Conn) (tcpState, bool) { return tcpState{}, false }
 
 func setNotsentLowat(net.Conn, int) {}
+
+func setCork(net.Conn, bool) bool { return false }
