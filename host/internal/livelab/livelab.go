@@ -303,8 +303,14 @@ type Row struct {
 	// KnownPages is how many pages DWCP sent as references to its page
 	// history (pages the destination held from an earlier migration).
 	KnownPages uint64 `json:"known_pages,omitempty"`
-	Heartbeat  string `json:"heartbeat"`
-	Note       string `json:"note,omitempty"`
+	// WirePackets and ReturnPackets count the IP packets the lab carried
+	// source->destination and back (ACKs, the return path): the lab's
+	// packet shaper costs CPU per packet, so at datacenter rates a method
+	// that sends smaller segments pays for it on these two cores.
+	WirePackets   uint64 `json:"wire_packets"`
+	ReturnPackets uint64 `json:"return_packets"`
+	Heartbeat     string `json:"heartbeat"`
+	Note          string `json:"note,omitempty"`
 }
 
 func (e *Env) linkBytes(from, to *wanlab.Host) uint64 {
@@ -313,6 +319,25 @@ func (e *Env) linkBytes(from, to *wanlab.Host) uint64 {
 		return 0
 	}
 	return st.ForwardedBytes
+}
+
+// linkCount is what the lab forwarded between two hosts, both ways.
+type linkCount struct{ bytes, packets, returnPackets uint64 }
+
+func (e *Env) linkCount(from, to *wanlab.Host) linkCount {
+	var c linkCount
+	if st, err := e.Lab.LinkStats(from, to); err == nil {
+		c.bytes, c.packets = st.ForwardedBytes, st.Forwarded
+	}
+	if st, err := e.Lab.LinkStats(to, from); err == nil {
+		c.returnPackets = st.Forwarded
+	}
+	return c
+}
+
+// count fills the row's link figures: what the lab forwarded since c0.
+func (r *Row) count(c0, c1 linkCount) {
+	r.WireBytes, r.WirePackets, r.ReturnPackets = c1.bytes-c0.bytes, c1.packets-c0.packets, c1.returnPackets-c0.returnPackets
 }
 
 // dwcpSummary mirrors `dwcp migrate --json`.
@@ -386,7 +411,7 @@ func (e *Env) ResumeSuspended(ctx context.Context, src, dst *testguest.VM) (stri
 // attaches to the destination VM.
 func (e *Env) dwcpMigrate(ctx context.Context, src *testguest.VM, from, to *wanlab.Host, mode string, suspend bool, extra []string) (Row, *testguest.VM, error) {
 	row := Row{Method: "dwcp " + mode, From: from.Name, To: to.Name}
-	bytes0 := e.linkBytes(from, to)
+	count0 := e.linkCount(from, to)
 	args := append([]string{"migrate", "--qmp", src.QMPPath(),
 		"--to", fmt.Sprintf("%s:%d", to.Addr, e.port), "--peer-name", e.nameOf(to), "--name", e.nameOf(from),
 		"--certs", e.certs, "--plugin-dir", e.cfg.PluginDir, "--mode", mode, "--json"}, extra...)
@@ -408,7 +433,7 @@ func (e *Env) dwcpMigrate(ctx context.Context, src *testguest.VM, from, to *wanl
 	}
 	out := stdout.Bytes()
 	row.Total = time.Since(start)
-	row.WireBytes = e.linkBytes(from, to) - bytes0
+	row.count(count0, e.linkCount(from, to))
 	if err != nil {
 		return row, nil, fmt.Errorf("dwcp migrate: %v\n%s\nserve log:\n%s", err, stderr.String(), e.ServeLog())
 	}
@@ -494,7 +519,7 @@ func (e *Env) QEMU(ctx context.Context, src *testguest.VM, to *wanlab.Host, meth
 		return fail(err)
 	}
 	beforeHB, _ := src.Heartbeat()
-	bytes0 := e.linkBytes(from, to)
+	count0 := e.linkCount(from, to)
 	obs := observeDowntime(ctx, src, dst)
 	mi, err := src.Migrate(ctx, uri, testguest.MigrationParams{MaxBandwidth: 10 << 30})
 	if err != nil {
@@ -507,7 +532,7 @@ func (e *Env) QEMU(ctx context.Context, src *testguest.VM, to *wanlab.Host, meth
 	}
 	row.Total = time.Since(start)
 	row.Downtime = obs.stop()
-	row.WireBytes = e.linkBytes(from, to) - bytes0
+	row.count(count0, e.linkCount(from, to))
 	row.QEMUDowntime = time.Duration(mi.DowntimeMs) * time.Millisecond
 	if mi.RAM != nil {
 		row.StreamBytes = uint64(mi.RAM.Transferred)
