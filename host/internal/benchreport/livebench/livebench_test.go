@@ -79,27 +79,42 @@ func TestPartsQuick(t *testing.T) {
 	if ret := inet.Rows[1]; ret[method] != label(methodDWCPReturn) || !strings.Contains(ret[timeVs], "first trip only") {
 		t.Errorf("page-history row %q, want its reason: a first trip only", ret)
 	}
-	for _, row := range [][]string{inet.Rows[0], inet.Rows[2]} {
+	dw := inet.Rows[0]
+	if dw[method] != label(methodDWCP) || inet.Rows[2][method] != label(methodPlain) {
+		t.Fatalf("internet table rows out of order: %q", inet.Rows)
+	}
+	plainBroke := false
+	for _, row := range [][]string{dw, inet.Rows[2]} {
 		for i, c := range row {
-			if strings.HasPrefix(c, "n/a") {
+			switch {
+			case !strings.HasPrefix(c, "n/a"):
+			case nativeGuestPanic(row[method], c):
+				plainBroke = true
+				t.Logf("QEMU's own plain migration broke its guest (not DWCP's; docs/migration.md, \"Data integrity\"): internet table %s, column %q: %s", row[method], inet.Columns[i], c)
+			default:
 				t.Errorf("internet table %s, column %q: %s", row[method], inet.Columns[i], c)
 			}
+		}
+		if plainBroke && row[method] == label(methodPlain) {
+			continue
 		}
 		if r := ratio(t, row[perRAM]); r <= 0 || r > 2 {
 			t.Errorf("%s moved %.2fx the guest's RAM over the link", row[method], r)
 		}
 	}
-	dw := inet.Rows[0]
-	if dw[method] != label(methodDWCP) || inet.Rows[2][timeVs] != "baseline" {
-		t.Fatalf("internet table rows out of order: %q", inet.Rows)
-	}
-	// QEMU plain skips zero pages but sends the rest raw; DWCP compresses
-	// the guest's page cache and text, so it must put fewer bytes on the link.
-	if r := ratio(t, dw[bytesVs]); r >= 1 {
-		t.Errorf("DWCP put %.2fx QEMU plain's bytes on the link", r)
-	}
-	if r := ratio(t, dw[timeVs]); r <= 0 {
-		t.Errorf("time ratio %v", r)
+	if !plainBroke {
+		if inet.Rows[2][timeVs] != "baseline" {
+			t.Errorf("QEMU plain's time column %q, want baseline", inet.Rows[2][timeVs])
+		}
+		// QEMU plain skips zero pages but sends the rest raw; DWCP
+		// compresses the guest's page cache and text, so it must put
+		// fewer bytes on the link.
+		if r := ratio(t, dw[bytesVs]); r >= 1 {
+			t.Errorf("DWCP put %.2fx QEMU plain's bytes on the link", r)
+		}
+		if r := ratio(t, dw[timeVs]); r <= 0 {
+			t.Errorf("time ratio %v", r)
+		}
 	}
 
 	native, _ := p.Table(TableNative)
@@ -119,7 +134,11 @@ func TestPartsQuick(t *testing.T) {
 				t.Errorf("%s settings %q, want %q in them", row[1], row[settings], want[row[1]])
 			}
 			for i, c := range row {
-				if strings.HasPrefix(c, "n/a") {
+				switch {
+				case !strings.HasPrefix(c, "n/a"):
+				case nativeGuestPanic(row[1], c):
+					t.Logf("QEMU's own migration broke its guest (not DWCP's): native table %s, column %q: %s", row[1], native.Columns[i], c)
+				default:
 					t.Errorf("native table %s, column %q: %s", row[1], native.Columns[i], c)
 				}
 			}
@@ -142,6 +161,22 @@ func TestPartsQuick(t *testing.T) {
 	if n := strings.Count(log.String(), "booting the guest"); n != 1 {
 		t.Errorf("%d guest boots for quick mode, want 1 shared by both parts", n)
 	}
+}
+
+// nativeGuestPanic tells whether a report cell of the method's row is
+// empty only because one of QEMU's own migrations (plain, xbzrle,
+// multifd) left a destination guest whose kernel panicked: its own
+// cells, or DWCP's comparisons against QEMU plain. Under TCG on these
+// two cores QEMU's migrations have broken guests now and then, with no
+// DWCP involved (docs/migration.md, "Data integrity"); the report says
+// so in the cell. A DWCP migration that breaks its guest is never
+// excused: DWCP's own cells must hold values.
+func nativeGuestPanic(method, cell string) bool {
+	const broke = "failed: the destination guest's kernel panicked after the migration"
+	if method == label(methodDWCP) || method == label(methodDWCPReturn) {
+		return strings.HasPrefix(cell, "n/a: no run with both") && strings.Contains(cell, "and "+label(methodPlain)+": "+broke)
+	}
+	return strings.HasPrefix(cell, "n/a: "+broke)
 }
 
 // TestPartsWithoutPrerequisites runs the parts without a dwcp binary:
@@ -359,5 +394,29 @@ func TestFailureTextLeadsWithAGuestPanic(t *testing.T) {
 	}
 	if got := failureText(errors.New("dial tcp: refused")); got != "dial tcp: refused" {
 		t.Errorf("failureText = %q", got)
+	}
+}
+
+// The excuse TestPartsQuick makes for QEMU's own broken guests, on the
+// cells of a real CI run, and never for DWCP's.
+func TestNativeGuestPanic(t *testing.T) {
+	broke := failureText(errors.New("destination heartbeat after 14: wait for heartbeat above 15: qemu exited: <nil>\nserial (last lines):\n[   31.2] Kernel panic - not syncing: Fatal exception\n"))
+	if !strings.Contains(broke, "(serial log: Kernel panic - not syncing: Fatal exception)") {
+		t.Fatalf("failure text %q does not name the panic", broke)
+	}
+	for _, c := range []struct {
+		method, cell string
+		want         bool
+	}{
+		{label(methodPlain), "n/a: failed: " + broke, true},
+		{label("xbzrle"), "n/a: failed: " + broke, true},
+		{label(methodDWCP), "n/a: no run with both " + label(methodDWCP) + " and " + label(methodPlain) + ": failed: " + broke, true},
+		{label(methodDWCP), "n/a: failed: " + broke, false},
+		{label(methodDWCP), "n/a: no run with both " + label(methodDWCP) + " and " + label(methodPlain) + ": failed: dwcp migrate: exit status 1", false},
+		{label(methodPlain), "n/a: failed: migrate: connection refused", false},
+	} {
+		if got := nativeGuestPanic(c.method, c.cell); got != c.want {
+			t.Errorf("nativeGuestPanic(%q, %q) = %v, want %v", c.method, c.cell, got, c.want)
+		}
 	}
 }

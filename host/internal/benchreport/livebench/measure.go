@@ -319,8 +319,9 @@ func runCell(ctx context.Context, env *benchreport.Env, profile string, memMiB i
 // last lines, which a one-line cut would lose).
 func failureText(err error) string {
 	msg := err.Error()
-	if strings.Contains(msg, "Kernel panic") {
-		return "the destination guest's kernel panicked after the migration (serial log); " + oneLine(msg)
+	if i := strings.Index(msg, "Kernel panic"); i >= 0 {
+		why, _, _ := strings.Cut(msg[i:], "\n")
+		return "the destination guest's kernel panicked after the migration (serial log: " + strings.TrimSpace(why) + "); " + oneLine(msg)
 	}
 	return oneLine(msg)
 }
