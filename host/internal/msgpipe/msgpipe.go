@@ -39,6 +39,13 @@ func (e *End) Send(ctx context.Context, msg []byte) error {
 			return nil
 		}
 	}
+	// A closed pipe refuses even when its buffer has room (a select with
+	// both ready would pick either).
+	select {
+	case <-e.closed:
+		return io.ErrClosedPipe
+	default:
+	}
 	select {
 	case e.out <- msg:
 		return nil
