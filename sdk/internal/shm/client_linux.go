@@ -62,6 +62,9 @@ type Client struct {
 	// wait).
 	shortHits atomic.Int32
 	waits     atomic.Uint32
+	// missedWakes counts parked waits that a recheck, not a wake-up,
+	// found complete (see wait); MissedWakes reports it.
+	missedWakes atomic.Uint64
 
 	slots []clientSlot
 	free  freeList
@@ -93,6 +96,8 @@ type clientSlot struct {
 	waiting atomic.Uint64
 	signal  chan struct{}
 	timer   *time.Timer
+	// recheck wakes a parked wait every recheckEvery (see wait).
+	recheck *time.Timer
 
 	// Lease bookkeeping (host-private, like seq). gen changes at every
 	// TryLease and Release of the slot, so a Lease handle is live only
@@ -230,14 +235,17 @@ func NewClient(ctx context.Context, conn *os.File, opts ClientOptions) (*Client,
 		ctl := g.ctlOff(idx)
 		timer := time.NewTimer(time.Hour)
 		timer.Stop()
+		recheck := time.NewTimer(time.Hour)
+		recheck.Stop()
 		c.slots[idx] = clientSlot{
-			reqSeq: word(mem, ctl+slotReqSeq),
-			done:   mem[ctl+slotDone : ctl+slotDone+completionSize : ctl+slotDone+completionSize],
-			doneSq: word(mem, ctl+slotDoneSeq),
-			wake:   word(mem, ctl+slotWake),
-			parked: word(mem, ctl+slotParked),
-			signal: make(chan struct{}, 1),
-			timer:  timer,
+			reqSeq:  word(mem, ctl+slotReqSeq),
+			done:    mem[ctl+slotDone : ctl+slotDone+completionSize : ctl+slotDone+completionSize],
+			doneSq:  word(mem, ctl+slotDoneSeq),
+			wake:    word(mem, ctl+slotWake),
+			parked:  word(mem, ctl+slotParked),
+			signal:  make(chan struct{}, 1),
+			timer:   timer,
+			recheck: recheck,
 		}
 		c.free.put(idx)
 	}
@@ -473,6 +481,15 @@ func (c *Client) wait(ctx context.Context, deadline time.Time, s *clientSlot, ou
 		timeout = s.timer.C
 	}
 	defer s.waiting.Store(0)
+	// A parked wait also looks again every recheckEvery, and rings the
+	// doorbell when the request is still not complete: a completion whose
+	// wake-up got lost, or a request no worker noticed, then costs that
+	// long rather than the call's whole timeout. The protocol above is
+	// meant to make both impossible; a CI run under -race once saw a 1-byte
+	// call wait out its 60 s timeout, cause not found, so the safety net
+	// stays and MissedWakes counts what it catches.
+	s.recheck.Reset(recheckEvery)
+	defer s.recheck.Stop()
 	for {
 		// Parking protocol: announce (waiting for dispatch, parked for
 		// the plugin), then re-check, then park. The plugin stores the
@@ -490,6 +507,15 @@ func (c *Client) wait(ctx context.Context, deadline time.Time, s *clientSlot, ou
 		}
 		select {
 		case <-s.signal:
+		case <-s.recheck.C:
+			if done, err := c.check(s); done || err != nil {
+				if done {
+					c.missedWakes.Add(1)
+				}
+				return c.finish(s, outCap, err)
+			}
+			futexWakeN(c.doorbell, 1)
+			s.recheck.Reset(recheckEvery)
 		case <-c.dead:
 			return completion{}, c.deadErr
 		case <-ctx.Done():
@@ -499,6 +525,16 @@ func (c *Client) wait(ctx context.Context, deadline time.Time, s *clientSlot, ou
 		}
 	}
 }
+
+// recheckEvery is how often a parked wait looks at its slot without being
+// woken (see wait): long against any call's wake-up path, short against
+// a call's timeout.
+const recheckEvery = 250 * time.Millisecond
+
+// MissedWakes is how many parked waits found their completion only when
+// they looked again on their own (recheckEvery): 0 unless a wake-up was
+// lost somewhere.
+func (c *Client) MissedWakes() uint64 { return c.missedWakes.Load() }
 
 // check reports whether slot s's request is complete, after the caller
 // announced that it may sleep. A completion sequence that is neither the

@@ -1040,3 +1040,32 @@ func TestHostWake(t *testing.T) {
 		})
 	}
 }
+
+// TestLostWakeUpCostsARecheck: a completion published with no wake-up at
+// all (neither the futex word nor the host-wake eventfd) is found by the
+// parked caller's own recheck, within about recheckEvery, not at the
+// call's timeout; MissedWakes counts it.
+func TestLostWakeUpCostsARecheck(t *testing.T) {
+	const hold = 20 * time.Millisecond // past the spin and the short futex phase: the caller parks
+	c := withFake(t, ClientOptions{Slots: 1, SlotInput: 4096, SlotOutput: 4096}, func(p *fakePlugin) {
+		slot, r, err := p.readRequest()
+		if err != nil {
+			return
+		}
+		time.Sleep(hold)
+		ctl := p.g.ctlOff(slot)
+		atomic.StoreUint32(word(p.mem, ctl+slotDoneSeq), r.seq) // code 0, n 0: an empty result
+		p.hangup()
+	})
+	start := time.Now()
+	if _, err := c.CallTimeout(context.Background(), 30*time.Second, opEcho, 0, []byte("x"), nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if took > 10*recheckEvery {
+		t.Fatalf("the call took %v: the lost wake-up was not caught by a recheck (every %v)", took, recheckEvery)
+	}
+	if n := c.MissedWakes(); n != 1 {
+		t.Fatalf("MissedWakes %d, want 1", n)
+	}
+}
