@@ -103,7 +103,7 @@ func BenchmarkWANLabAdaptiveVsFixed(b *testing.B) {
 			fixed = append(fixed, st)
 		}
 	}
-	for _, name := range []string{"internet", "variable", "wan-100ms-1g"} {
+	for _, name := range []string{"internet", "variable", "wan-100ms-1g", "dc", "wan-50ms-5g", "internet-lossy"} {
 		b.Run(name, func(b *testing.B) {
 			prof := labProfile(b, name, nil)
 			var cycle time.Duration
