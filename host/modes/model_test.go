@@ -140,6 +140,10 @@ func TestPlan(t *testing.T) {
 	}{
 		// 4 Gbit/s fabric: s2, zero pages only, 2 streams per core.
 		{Datacenter, Path{RTT: 500 * time.Microsecond, Bandwidth: 4 * Gbit}, "s2:1", pagestage.AllTechniques &^ pagestage.Zero, 4, 4},
+		// 1.5 Gbit/s read on a short path (a probe that could not fill a
+		// fat link reads like this): the model would pick zstd, but a
+		// datacenter session starts at the lightest compressing step.
+		{Datacenter, Path{RTT: 600 * time.Microsecond, Bandwidth: 1.5 * Gbit}, "s2:1", pagestage.AllTechniques &^ pagestage.Zero, 4, 4},
 		// 25 Gbit/s: even s2 cannot keep up, so no codec.
 		{Datacenter, Path{RTT: 100 * time.Microsecond, Bandwidth: 25 * Gbit}, "store", pagestage.AllTechniques &^ pagestage.Zero, 4, 4},
 		// Metro 1 Gbit/s: zstd, bytes first among equals.
