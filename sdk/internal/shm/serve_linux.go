@@ -55,8 +55,8 @@ func (s *server) stop(cause error) {
 		s.conn.Close()
 		// A worker that read stopping as false read the doorbell before
 		// that, so this bump ends its sleep. The mapping is still there:
-		// Serve unmaps only after every worker has returned, and workers
-		// return only after stop.
+		// Serve unmaps only after every worker has returned and this
+		// call has (it calls stop itself, which waits for the Once).
 		if s.doorbell != nil {
 			bump(s.doorbell, math.MaxInt32)
 		}
@@ -111,6 +111,13 @@ func Serve(ctx context.Context, conn *os.File, h Handler, workers int) error {
 			workersWG.Go(func() { s.work(uint32(w)) })
 		}
 		workersWG.Wait()
+		// Workers return once they see stopping, which stop sets before
+		// its doorbell bump: wait for that stop to finish (Once.Do
+		// returns only after the running call has) before unmapping
+		// the doorbell it bumps. Already stopped, this changes nothing.
+		// (A CI run under -race faulted on the bump of an unmapped
+		// arena: the ctx watcher was still in stop.)
+		s.stop(nil)
 		unmapErr = unix.Munmap(mem)
 		if wakeFD >= 0 {
 			unix.Close(wakeFD)
