@@ -169,30 +169,16 @@ func TestSuspendNeedsADaemonThatKnowsIt(t *testing.T) {
 
 	// The control server as it was before migrate_strict: it knows only
 	// the "migrate" key.
-	old := filepath.Join(dir, "old.sock")
-	ln, err := net.Listen("unix", old)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		line, _ := bufio.NewReader(c).ReadBytes('\n')
+	old, done := fakeDaemon(t, func(line []byte, _ *bufio.Reader, enc *json.Encoder) {
 		var req struct {
 			Migrate *migrateRequest `json:"migrate,omitempty"`
 		}
 		if err := json.Unmarshal(line, &req); err != nil || req.Migrate == nil {
-			_ = json.NewEncoder(c).Encode(controlMessage{Error: fmt.Sprintf("control request: not a migrate request: %v", err)})
+			_ = enc.Encode(controlMessage{Error: fmt.Sprintf("control request: not a migrate request: %v", err)})
 			return
 		}
-		_ = json.NewEncoder(c).Encode(controlMessage{Error: "this old daemon would have run the migration, suspend ignored"})
-	}()
+		_ = enc.Encode(controlMessage{Error: "this old daemon would have run the migration, suspend ignored"})
+	})
 	_, err = delegateMigration(ctx, old, migrateRequest{QMP: "/x", To: "h:1", Suspend: true}, io.Discard)
 	<-done
 	if err == nil || !strings.Contains(err.Error(), "older than --suspend") {
@@ -213,27 +199,9 @@ func TestInterruptWaitsForTheDaemonsCancel(t *testing.T) {
 		{"cancel failed", "migrate /q to h:1: context canceled; and " + migrateCancelFailed() + ": qmp gone", "interrupted: migrate /q to h:1: context canceled; and cancelling on the source failed"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			sock := filepath.Join(t.TempDir(), "daemon.sock")
-			ln, err := net.Listen("unix", sock)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
 			const cancelTakes = 300 * time.Millisecond
 			var sawHangUp time.Time
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				conn, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				defer conn.Close()
-				br := bufio.NewReader(conn)
-				if _, err := br.ReadBytes('\n'); err != nil {
-					return
-				}
-				enc := json.NewEncoder(conn)
+			sock, done := fakeDaemon(t, func(_ []byte, br *bufio.Reader, enc *json.Encoder) {
 				_ = enc.Encode(controlMessage{Output: "pass 1\n"})
 				// The client's hang-up (EOF) is the cancel; cancelling
 				// on the source takes a while.
@@ -241,11 +209,11 @@ func TestInterruptWaitsForTheDaemonsCancel(t *testing.T) {
 				sawHangUp = time.Now()
 				time.Sleep(cancelTakes)
 				_ = enc.Encode(controlMessage{Error: c.daemonErr})
-			}()
+			})
 			// Ctrl-C once the migration is under way.
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			_, err = delegateMigration(ctx, sock, migrateRequest{QMP: "/q", To: "h:1"}, cancelOnOutput{"pass 1", cancel})
+			_, err := delegateMigration(ctx, sock, migrateRequest{QMP: "/q", To: "h:1"}, cancelOnOutput{"pass 1", cancel})
 			returned := time.Now()
 			<-done
 			if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -256,6 +224,37 @@ func TestInterruptWaitsForTheDaemonsCancel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fakeDaemon listens on a unix socket in a temporary directory and answers
+// one control connection with serve, given the request line it read, the
+// rest of the connection and an encoder for its messages. done closes once
+// serve has returned and the connection is closed.
+func fakeDaemon(t *testing.T, serve func(line []byte, rest *bufio.Reader, enc *json.Encoder)) (sock string, done <-chan struct{}) {
+	t.Helper()
+	sock = filepath.Join(t.TempDir(), "daemon.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan struct{})
+	go func() {
+		defer close(ch)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		line, err := br.ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		serve(line, br, json.NewEncoder(c))
+	}()
+	t.Cleanup(func() { ln.Close(); <-ch })
+	return sock, ch
 }
 
 func migrateCancelFailed() string { return migrate.CancelFailed }
