@@ -280,10 +280,10 @@ func (s *Session) dataWriteLoop(ep *epoch, c *wconn) {
 	// corked: the socket holds partial segments (setCork) while this
 	// writer has frames to write; it is released before the writer
 	// waits, and before RETIRE.
-	corked := false
+	corked, sock := false, rawConn(c.raw.Conn)
 	uncork := func() {
 		if corked {
-			setCork(c.raw.Conn, false)
+			setCork(sock, false)
 			corked = false
 		}
 	}
@@ -303,7 +303,7 @@ func (s *Session) dataWriteLoop(ep *epoch, c *wconn) {
 				kick(ep.dataKick)
 			}
 			if !corked {
-				corked = setCork(c.raw.Conn, true)
+				corked = setCork(sock, true)
 			}
 			_, err := c.tls.Write(buf.b[:headerSize+n])
 			buf.release()

@@ -16,20 +16,41 @@ type tcpState struct {
 	rate float64
 }
 
-// readTCPState reads TCP_INFO of c; ok is false when c is not a kernel
-// TCP socket (a test's pipe, a wrapped connection).
-func readTCPState(c net.Conn) (tcpState, bool) {
+// rawConn returns c's kernel socket, or nil when c is not one (a test's
+// pipe, a wrapped connection): the socket options below are then left
+// alone.
+func rawConn(c net.Conn) syscall.RawConn {
 	sc, isSC := c.(syscall.Conn)
 	if !isSC {
-		return tcpState{}, false
+		return nil
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return tcpState{}, false
+		return nil
 	}
+	return rc
+}
+
+// onSocket runs f on c's socket; false when c is not a kernel socket or f
+// failed.
+func onSocket(rc syscall.RawConn, f func(fd int) error) bool {
+	if rc == nil {
+		return false
+	}
+	var ferr error
+	err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) })
+	return err == nil && ferr == nil
+}
+
+// readTCPState reads TCP_INFO of c; ok is false when c is not a kernel
+// TCP socket (a test's pipe, a wrapped connection).
+func readTCPState(c net.Conn) (tcpState, bool) {
 	var ti *unix.TCPInfo
-	var gerr error
-	if err := rc.Control(func(fd uintptr) { ti, gerr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil || gerr != nil {
+	ok := onSocket(rawConn(c), func(fd int) (err error) {
+		ti, err = unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		return err
+	})
+	if !ok {
 		return tcpState{}, false
 	}
 	return tcpState{rate: float64(ti.Delivery_rate)}, true
@@ -39,38 +60,21 @@ func readTCPState(c net.Conn) (tcpState, bool) {
 // yet (TCP_NOTSENT_LOWAT): a write blocks while more are queued. Best
 // effort: a connection that is not a kernel TCP socket is left alone.
 func setNotsentLowat(c net.Conn, n int) {
-	sc, isSC := c.(syscall.Conn)
-	if !isSC {
-		return
-	}
-	if rc, err := sc.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, n) })
-	}
+	onSocket(rawConn(c), func(fd int) error { return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, n) })
 }
 
-// setCork holds (on) or releases (off) partial TCP segments of c
-// (TCP_CORK). A data connection's writer corks while it writes a run of
-// frames: TLS hands the socket one 16 KiB record per write, and with Go's
-// TCP_NODELAY each record would leave as its own segment; corked, the
-// kernel sends only full segments, and uncorking when the writer has
-// nothing more flushes the tail at once. Best effort, like
-// setNotsentLowat; it reports whether the option was set.
-func setCork(c net.Conn, on bool) bool {
-	sc, isSC := c.(syscall.Conn)
-	if !isSC {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
+// setCork holds (on) or releases (off) partial TCP segments of the socket
+// rc (TCP_CORK; rc from rawConn, resolved once by the writer). A data
+// connection's writer corks while it writes a run of frames: TLS hands
+// the socket one 16 KiB record per write, and with Go's TCP_NODELAY each
+// record would leave as its own segment; corked, the kernel sends only
+// full segments, and uncorking when the writer has nothing more flushes
+// the tail at once. Best effort, like setNotsentLowat; it reports whether
+// the option was set.
+func setCork(rc syscall.RawConn, on bool) bool {
 	v := 0
 	if on {
 		v = 1
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_CORK, v) }); err != nil || serr != nil {
-		return false
-	}
-	return true
+	return onSocket(rc, func(fd int) error { return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK, v) })
 }

@@ -2,7 +2,10 @@
 
 package transport
 
-import "net"
+import (
+	"net"
+	"syscall"
+)
 
 // tcpState: see tcpinfo_linux.go. Elsewhere the kernel's view is not
 // read, and added connections are not warmed.
@@ -14,4 +17,6 @@ func readTCPState(net.Conn) (tcpState, bool) { return tcpState{}, false }
 
 func setNotsentLowat(net.Conn, int) {}
 
-func setCork(net.Conn, bool) bool { return false }
+func rawConn(net.Conn) syscall.RawConn { return nil }
+
+func setCork(syscall.RawConn, bool) bool { return false }
