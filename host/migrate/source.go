@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"context"
+	"errors"
 
 	"fmt"
 	"net"
@@ -102,10 +103,9 @@ type Switchover struct {
 	ResultReceived time.Duration
 }
 
-// CancelFailed is the phrase a Source error carries when the migration could
-// not be cancelled on the source either (the VM's state there is then
-// unknown); it survives as text where errors cross a process boundary.
-const CancelFailed = "cancelling on the source failed"
+// ErrCancelFailed is wrapped by a Source error when the migration could not
+// be cancelled on the source either: the VM's state there is then unknown.
+var ErrCancelFailed = errors.New("cancelling on the source failed")
 
 // Source migrates opts.VM over c (a session to the destination's dwcp
 // serve). On any failure the migration is cancelled on the source: the VM
@@ -156,7 +156,7 @@ func Source(ctx context.Context, c Conn, hv hypervisor.Hypervisor, opts SourceOp
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		if cerr := hv.CancelMigration(cctx, id); cerr != nil {
-			err = fmt.Errorf("%w; and %s: %v", err, CancelFailed, cerr)
+			err = fmt.Errorf("%w; and %w: %v", err, ErrCancelFailed, cerr)
 		} else {
 			note("migration cancelled on the source; the VM keeps running there")
 		}

@@ -57,6 +57,15 @@ type controlMessage struct {
 	Output string          `json:"output,omitempty"`
 	Result *migrateSummary `json:"result,omitempty"`
 	Error  string          `json:"error,omitempty"`
+	// CancelFailed: with Error, the migration could not be cancelled on
+	// the source either (migrate.ErrCancelFailed): the VM's state there
+	// is unknown.
+	CancelFailed bool `json:"cancel_failed,omitempty"`
+}
+
+// failureMessage is the daemon's report of a migration that failed.
+func failureMessage(err error) controlMessage {
+	return controlMessage{Error: err.Error(), CancelFailed: errors.Is(err, migrate.ErrCancelFailed)}
 }
 
 // controlSocketPath is the control socket in the host's state directory.
@@ -126,7 +135,7 @@ func delegateMigration(ctx context.Context, sock string, req migrateRequest, log
 		}
 		switch {
 		case m.Error != "" && ctx.Err() != nil:
-			if strings.Contains(m.Error, migrate.CancelFailed) {
+			if m.CancelFailed {
 				return migrateSummary{}, fmt.Errorf("interrupted: %s", m.Error)
 			}
 			return migrateSummary{}, fmt.Errorf("interrupted: the migration is cancelled on this host, the VM keeps running here (%s): %w", m.Error, ctx.Err())
@@ -262,7 +271,7 @@ func (c *controlServer) handle(ctx context.Context, conn net.Conn) {
 	sum, err := runMigration(ctx, c.agent, c.hist, r, out, setupSteps{})
 	if err != nil {
 		c.log("migration of %s to %s failed: %v", r.QMP, r.To, err)
-		_ = out.send(controlMessage{Error: err.Error()})
+		_ = out.send(failureMessage(err))
 		return
 	}
 	c.log("migration of %s to %s complete: total %.2f s, downtime %.0f ms", r.QMP, r.To, sum.TotalSeconds, sum.DowntimeMs)

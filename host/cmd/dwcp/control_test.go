@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -193,10 +194,12 @@ func TestSuspendNeedsADaemonThatKnowsIt(t *testing.T) {
 // cancelGrace (not waited for here).
 func TestInterruptWaitsForTheDaemonsCancel(t *testing.T) {
 	for _, c := range []struct {
-		name, daemonErr, want string
+		name      string
+		daemonErr error
+		want      string
 	}{
-		{"cancelled", "migrate /q to h:1: context canceled", "interrupted: the migration is cancelled on this host"},
-		{"cancel failed", "migrate /q to h:1: context canceled; and " + migrateCancelFailed() + ": qmp gone", "interrupted: migrate /q to h:1: context canceled; and cancelling on the source failed"},
+		{"cancelled", errors.New("migrate /q to h:1: context canceled"), "interrupted: the migration is cancelled on this host"},
+		{"cancel failed", fmt.Errorf("migrate /q to h:1: context canceled; and %w: qmp gone", migrate.ErrCancelFailed), "interrupted: migrate /q to h:1: context canceled; and cancelling on the source failed"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			const cancelTakes = 300 * time.Millisecond
@@ -208,7 +211,7 @@ func TestInterruptWaitsForTheDaemonsCancel(t *testing.T) {
 				_, _ = io.Copy(io.Discard, br)
 				sawHangUp = time.Now()
 				time.Sleep(cancelTakes)
-				_ = enc.Encode(controlMessage{Error: c.daemonErr})
+				_ = enc.Encode(failureMessage(c.daemonErr))
 			})
 			// Ctrl-C once the migration is under way.
 			ctx, cancel := context.WithCancel(context.Background())
@@ -256,8 +259,6 @@ func fakeDaemon(t *testing.T, serve func(line []byte, rest *bufio.Reader, enc *j
 	t.Cleanup(func() { ln.Close(); <-ch })
 	return sock, ch
 }
-
-func migrateCancelFailed() string { return migrate.CancelFailed }
 
 // cancelOnOutput cancels when the output it is written contains want.
 type cancelOnOutput struct {
