@@ -101,7 +101,11 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 	}
 	ctl, err := modes.NewController(modes.ControllerConfig{
 		Settings: settings, Path: probe.Path, Thresholds: overrides.Thresholds, Manual: manual,
-		Streams: sess.Stats().Streams, Resizer: sess, PinStreams: pinStreams, Sampler: sampler,
+		// The count the session is set to have, not the connections up
+		// at this instant: a link cut during the probe leaves fewer until
+		// the session resumes (a CI run's cutting proxy made a pinned
+		// --streams 2 read as 1).
+		Streams: sess.Stats().StreamsWanted, Resizer: sess, PinStreams: pinStreams, Sampler: sampler,
 	})
 	if err != nil {
 		return nil, err
