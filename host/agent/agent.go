@@ -49,14 +49,20 @@ type Config struct {
 	// OverridesFile holds per-peer and global mode overrides and
 	// thresholds (docs/modes.md); a missing file means none.
 	OverridesFile string
+	// WindowLog, when set, receives every controller window of every
+	// session this host sends, one line each (modes.Window.String, after
+	// the time and the peer): the trace behind a "receiver-bound" or
+	// "cpu-bound" verdict. dwcp sets it from DWCP_WINDOW_LOG.
+	WindowLog io.Writer
 }
 
 // Agent is an opened host.
 type Agent struct {
-	cfg    Config
-	server *tls.Config
-	client *tls.Config
-	logger hclog.Logger
+	cfg      Config
+	windowMu sync.Mutex // serializes lines to cfg.WindowLog
+	server   *tls.Config
+	client   *tls.Config
+	logger   hclog.Logger
 
 	// The plugins start in the background (verifying, describing and
 	// launching them takes a second or more) while the host connects to

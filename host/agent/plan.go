@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"fmt"
+	"strings"
+	"time"
 
 	"github.com/dwcp/dwcp/host/modes"
 	"github.com/dwcp/dwcp/host/pipeline"
@@ -45,10 +47,11 @@ func (p *SessionPlan) PageStage() pipeline.BatchBuilderFactory {
 // PlanSession measures the path to the peer over sess (the peer's serve
 // answers the probe), picks the mode — the user's choice ("auto" for
 // none), else the measured path's class — and returns the settings, the
-// codecs and the adaptive controller to use as the pipeline's policy. The
+// codecs and the adaptive controller to use as the pipeline's policy. A
+// pin (nil for none) fixes the codec and level (modes.PlanConfig.Step). The
 // probe runs while the plugins are still starting; only the plan waits
 // for them.
-func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, mode string, pinStreams bool) (*SessionPlan, error) {
+func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, mode string, pin *CodecPin, pinStreams bool) (*SessionPlan, error) {
 	var want modes.Mode
 	if mode != "" && mode != "auto" {
 		m, err := modes.ParseMode(mode)
@@ -95,7 +98,15 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 		return nil, err
 	}
 	m, manual, why := modes.Resolve(peer, want, overrides, probe.Path)
-	settings, err := modes.Plan(m, probe.Path, codecs, modes.PlanConfig{})
+	var pcfgPlan modes.PlanConfig
+	if pin != nil {
+		choice, err := PickCodec(codecs, pin.Codec, pin.Level)
+		if err != nil {
+			return nil, err
+		}
+		pcfgPlan.Step = &choice
+	}
+	settings, err := modes.Plan(m, probe.Path, codecs, pcfgPlan)
 	if err != nil {
 		return nil, err
 	}
@@ -106,11 +117,26 @@ func (a *Agent) PlanSession(ctx context.Context, sess *transport.Session, peer, 
 		// the session resumes (a CI run's cutting proxy made a pinned
 		// --streams 2 read as 1).
 		Streams: sess.Stats().StreamsWanted, Resizer: sess, PinStreams: pinStreams, Sampler: sampler,
+		OnWindow: a.windowLogger(peer),
 	})
 	if err != nil {
 		return nil, err
 	}
 	return &SessionPlan{Probe: probe, Settings: settings, Codecs: codecs, Controller: ctl, Mode: m, Manual: manual, Why: why, peer: peer, cache: cache}, nil
+}
+
+// windowLogger returns the controller's window callback that writes to
+// Config.WindowLog, or nil when there is none.
+func (a *Agent) windowLogger(peer string) func(time.Time, modes.Window) {
+	w := a.cfg.WindowLog
+	if w == nil {
+		return nil
+	}
+	return func(at time.Time, win modes.Window) {
+		a.windowMu.Lock()
+		defer a.windowMu.Unlock()
+		fmt.Fprintf(w, "%s %s %s\n", at.Format("15:04:05.000"), peer, win)
+	}
 }
 
 // AnswerProbe runs the destination's half of the path measurement and
@@ -135,4 +161,35 @@ func (p *prefixConn) Recv(ctx context.Context) ([]byte, error) {
 		return f, nil
 	}
 	return p.Session.Recv(ctx)
+}
+
+// CodecPin is a codec and level the user fixed for a session (`dwcp
+// migrate --codec NAME --level N`): Codec is a codec plugin's algorithm or
+// "none" (store), Level -1 the codec's default.
+type CodecPin struct {
+	Codec string
+	Level int
+}
+
+// PickCodec resolves a codec name ("none": store the batches) and level
+// (-1: the codec's default) against the session's codecs.
+func PickCodec(codecs []pipeline.Codec, name string, level int) (pipeline.Choice, error) {
+	if name == "none" {
+		return pipeline.Choice{}, nil
+	}
+	var names []string
+	for _, c := range codecs {
+		if c.Algorithm == name {
+			caps := c.Codec.Capabilities()
+			if level < 0 {
+				level = caps.Levels.Default
+			}
+			if !caps.Levels.Contains(level) {
+				return pipeline.Choice{}, fmt.Errorf("codec %s: level %d outside %d..%d", name, level, caps.Levels.Min, caps.Levels.Max)
+			}
+			return pipeline.Choice{Codec: c.ID, Level: level}, nil
+		}
+		names = append(names, c.Algorithm)
+	}
+	return pipeline.Choice{}, fmt.Errorf("no codec plugin %q (have: %s, none)", name, strings.Join(names, ", "))
 }

@@ -128,6 +128,10 @@ type ControllerConfig struct {
 	// OnDecision, when set, is called with every decision, on the
 	// pipeline's sending goroutine: it must not block.
 	OnDecision func(Decision)
+	// OnWindow, when set, is called with every judged window (a trace for
+	// diagnosis: DWCP_WINDOW_LOG in dwcp), on the goroutine that reported
+	// the batch and with the controller's lock held: it must be quick.
+	OnWindow func(at time.Time, w Window)
 	// MaxLog bounds the decisions kept (default 1024; older ones are
 	// dropped and counted).
 	MaxLog int
@@ -145,6 +149,8 @@ const (
 
 // Window is what the controller measured over one decision window.
 type Window struct {
+	// Step is the ladder step in force during the window.
+	Step     string
 	Batches  int
 	Interval time.Duration
 	// SendBusy is the fraction of the window the sender blocked on the
@@ -165,6 +171,13 @@ type Window struct {
 	// minimum): the window's retransmissions were not counted as loss.
 	RTT    time.Duration
 	Queued bool
+}
+
+// String is the window on one line, rates in MB/s (10^6 bytes).
+func (w Window) String() string {
+	return fmt.Sprintf("step %s, %d batches in %v: stream %.1f MB/s, wire %.1f MB/s, sender blocked %.0f%%, encoders %.0f%%, network share %.2f, link %.1f MB/s, rtt %v: %s",
+		w.Step, w.Batches, w.Interval.Round(time.Millisecond), w.StreamRate/1e6, w.WireRate/1e6, w.SendBusy*100, w.CPUBusy*100,
+		w.NetworkShare, w.Link/1e6, w.RTT.Round(10*time.Microsecond), w.Bottleneck)
 }
 
 // Decision is one change the controller made or recommended.
@@ -230,6 +243,7 @@ type Controller struct {
 	cfg      ControllerConfig
 	ladder   Ladder
 	lo, hi   int
+	pinned   bool // the user fixed the step: lo == hi whatever the mode
 	cur      int
 	mode     Mode
 	class    *Classifier
@@ -360,7 +374,7 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 		cfg.MaxLog = defaultMaxLog
 	}
 	c := &Controller{
-		cfg: cfg, ladder: s.Ladder, lo: s.MinStep, hi: s.MaxStep, cur: cur, mode: s.Mode,
+		cfg: cfg, ladder: s.Ladder, lo: s.MinStep, hi: s.MaxStep, pinned: s.Pinned, cur: cur, mode: s.Mode,
 		class:   NewClassifierAt(t, s.Mode),
 		workers: float64(cfg.Workers), headroom: cfg.Headroom, now: cfg.Now,
 		obs:        make([]stepObs, len(s.Ladder)),
@@ -555,7 +569,7 @@ func (c *Controller) evaluate(now time.Time) {
 	iv := now.Sub(c.start)
 	sec := iv.Seconds()
 	w := Window{
-		Batches: c.n, Interval: iv,
+		Step: c.ladder[c.cur].Name, Batches: c.n, Interval: iv,
 		SendBusy:   c.sendWait.Seconds() / sec,
 		CPUBusy:    c.encode.Seconds() / (c.workers * sec),
 		StreamRate: float64(c.decoded) / sec,
@@ -701,6 +715,9 @@ func (c *Controller) evaluate(now time.Time) {
 		w.Bottleneck = "mixed"
 	}
 	c.last = w
+	if c.cfg.OnWindow != nil {
+		c.cfg.OnWindow(now, w)
+	}
 
 	// What the step achieved (unless the source held it back): every
 	// move is checked against it.
@@ -946,7 +963,9 @@ func (c *Controller) move(now time.Time, next int, reason string, w Window) {
 func (c *Controller) setMode(now time.Time, m Mode, w Window) {
 	from := c.mode
 	c.mode = m
-	c.lo, c.hi = c.ladder.Bounds(m)
+	if !c.pinned {
+		c.lo, c.hi = c.ladder.Bounds(m)
+	}
 	c.record(Decision{At: now, Batch: c.batches, Kind: KindMode, From: from.String(), To: m.String(),
 		Choice: c.ladder[c.cur].Choice, Mode: m, Reason: fmt.Sprintf("path now %v", c.path), Window: w})
 	if c.cur < c.lo || c.cur > c.hi {

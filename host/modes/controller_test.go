@@ -39,7 +39,9 @@ type rigConfig struct {
 	simSampler bool
 	streams    int // data connections the session opened with (0: the plan's)
 	resizer    StreamResizer
-	pin        bool // the user set streams
+	pin        bool             // the user set streams
+	step       *pipeline.Choice // the user fixed the codec step (PlanConfig.Step)
+	onWindow   func(time.Time, Window)
 }
 
 func newRig(t *testing.T, rc rigConfig) *rig {
@@ -54,7 +56,7 @@ func newRig(t *testing.T, rc rigConfig) *rig {
 		rc.ratio = 1
 	}
 	r := &rig{t: t, clock: time.Date(2026, 11, 25, 20, 0, 0, 0, time.UTC)}
-	settings, err := Plan(rc.mode, rc.path, allCodecs(), PlanConfig{Cores: rc.workers, Limits: &SocketLimits{SetMax: 4 << 20, AutoMax: 4 << 20}})
+	settings, err := Plan(rc.mode, rc.path, allCodecs(), PlanConfig{Cores: rc.workers, Limits: &SocketLimits{SetMax: 4 << 20, AutoMax: 4 << 20}, Step: rc.step})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,6 +72,7 @@ func newRig(t *testing.T, rc rigConfig) *rig {
 	r.ctl, err = NewController(ControllerConfig{
 		Settings: settings, Path: rc.path, Manual: rc.manual, Workers: rc.workers,
 		Now: func() time.Time { return r.clock }, Sampler: rc.sampler, Streams: rc.streams, Resizer: rc.resizer, PinStreams: rc.pin,
+		OnWindow: rc.onWindow,
 		OnDecision: func(d Decision) {
 			r.mu.Lock()
 			r.seen = append(r.seen, d)
@@ -135,6 +138,71 @@ func TestControllerGoesLighterWhenTheCPUIsTheBottleneck(t *testing.T) {
 	// The controller learnt the CPU is half as fast as the prior.
 	if sc := r.ctl.speedScale; sc < 0.4 || sc > 0.6 {
 		t.Errorf("speed scale %v, want ~0.5", sc)
+	}
+}
+
+// A step the user fixed (dwcp migrate --codec) stays, whatever the windows
+// say and whatever mode the path turns out to be; the controller still
+// measures the path.
+func TestControllerKeepsAStepTheUserFixed(t *testing.T) {
+	zstd3 := pipeline.Choice{Codec: 1, Level: 3}
+	r := newRig(t, rigConfig{
+		mode: Hybrid, path: Path{RTT: time.Millisecond, Bandwidth: Gbit},
+		link: constLink(2e9), speed: 0.5, step: &zstd3,
+	})
+	if got := r.current(); got != "zstd:3" {
+		t.Fatalf("starts at %s, want the fixed zstd:3", got)
+	}
+	// Unfixed, this CPU-bound run ends at s2:1
+	// (TestControllerGoesLighterWhenTheCPUIsTheBottleneck).
+	r.run(600)
+	r.logDecisions()
+	if got := r.current(); got != "zstd:3" {
+		t.Fatalf("after 600 cpu-bound batches at %s: want the fixed zstd:3", got)
+	}
+	for _, d := range r.ctl.Decisions() {
+		if d.Kind == KindLevel {
+			t.Errorf("level decision on a fixed step: %v", d)
+		}
+	}
+	if p := r.ctl.Path(); p.Source != "passive" || p.Bandwidth <= 0 {
+		t.Errorf("path %v: the controller stopped measuring", p)
+	}
+	// A mode change keeps the step too (here: a step outside the
+	// datacenter mode's bounds would otherwise be left at once).
+	r.ctl.mu.Lock()
+	r.ctl.setMode(r.clock, Internet, Window{})
+	lo, hi := r.ctl.lo, r.ctl.hi
+	r.ctl.mu.Unlock()
+	if got := r.current(); got != "zstd:3" || lo != r.idx("zstd:3") || hi != lo {
+		t.Errorf("after a mode change: at %s, steps %d..%d", got, lo, hi)
+	}
+}
+
+// Every judged window reaches OnWindow (the DWCP_WINDOW_LOG trace) with the
+// step in force and the verdict the decisions are made from.
+func TestControllerTracesEveryWindow(t *testing.T) {
+	var wins []Window
+	r := newRig(t, rigConfig{
+		mode: Hybrid, manual: true, path: Path{RTT: time.Millisecond, Bandwidth: Gbit},
+		start: "zstd:3", link: constLink(2e9), speed: 0.5,
+		onWindow: func(_ time.Time, w Window) { wins = append(wins, w) },
+	})
+	r.run(600)
+	t.Logf("%d windows for 600 batches", len(wins))
+	if len(wins) < 4 {
+		t.Fatalf("%d windows traced for 600 batches", len(wins))
+	}
+	steps := map[string]bool{}
+	for _, w := range wins {
+		steps[w.Step] = true
+		if r.idx(w.Step) < 0 || w.Bottleneck == "" || w.Batches <= 0 || !strings.Contains(w.String(), "step "+w.Step+",") {
+			t.Fatalf("window %+v: %s", w, w)
+		}
+	}
+	// The trace follows the moves: the cpu-bound run leaves zstd:3.
+	if !steps["zstd:3"] || len(steps) < 2 {
+		t.Errorf("steps traced: %v", steps)
 	}
 }
 

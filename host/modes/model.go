@@ -106,6 +106,15 @@ func BuildLadder(codecs []pipeline.Codec, priors []Prior) Ladder {
 	return l
 }
 
+// Names lists the steps' names, lightest first.
+func (l Ladder) Names() []string {
+	names := make([]string, len(l))
+	for i, st := range l {
+		names[i] = st.Name
+	}
+	return names
+}
+
 // Index returns the position of a choice, or -1.
 func (l Ladder) Index(c pipeline.Choice) int {
 	for i, s := range l {

@@ -215,3 +215,27 @@ func TestPlan(t *testing.T) {
 		}
 	}
 }
+
+// The user's fixed step (PlanConfig.Step) is the whole ladder range, in any
+// mode, even a step the mode would not use; a step not on the ladder is
+// refused with the steps that are.
+func TestPlanFixesTheUsersStep(t *testing.T) {
+	path := Path{RTT: 60 * time.Millisecond, Bandwidth: 100 * Mbit}
+	store := pipeline.Choice{}
+	s, err := Plan(Internet, path, allCodecs(), PlanConfig{Cores: 2, Step: &store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := s.Ladder.Index(store)
+	if !s.Pinned || s.MinStep != i || s.MaxStep != i || s.Start != store {
+		t.Errorf("store fixed in internet mode: pinned %v, steps %d..%d, start %+v (store is %d)", s.Pinned, s.MinStep, s.MaxStep, s.Start, i)
+	}
+	if _, err := NewController(ControllerConfig{Settings: s, Path: path}); err != nil {
+		t.Errorf("controller for a fixed step: %v", err)
+	}
+	bad := pipeline.Choice{Codec: 1, Level: 99}
+	_, err = Plan(Datacenter, path, allCodecs(), PlanConfig{Cores: 2, Step: &bad})
+	if !errors.Is(err, ErrBadConfig) || !strings.Contains(err.Error(), "s2:1") {
+		t.Errorf("a step off the ladder: %v", err)
+	}
+}

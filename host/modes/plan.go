@@ -28,6 +28,10 @@ type Settings struct {
 	Start            pipeline.Choice
 	Ladder           Ladder
 	MinStep, MaxStep int
+	// Pinned: the user fixed the step (PlanConfig.Step); MinStep and
+	// MaxStep both name it, and the controller keeps it through mode
+	// changes.
+	Pinned bool
 	// Streams is the number of transport data connections.
 	Streams int
 	// BatchBytes is the stream bytes per batch; CheckpointBytes the bytes
@@ -60,6 +64,12 @@ type PlanConfig struct {
 	// Limits are the kernel's socket buffer limits (default: read from
 	// /proc/sys on Linux, else the Linux defaults).
 	Limits *SocketLimits
+	// Step, when set, fixes the codec and level for the whole session
+	// (`dwcp migrate --codec`); it must be on the session's ladder. The
+	// controller still measures the path and reports, but never moves.
+	// For an operator who knows the hosts better than the model, and for
+	// measuring one step against QEMU's own migration.
+	Step *pipeline.Choice
 }
 
 // SocketLimits are the kernel limits that decide how much one TCP
@@ -160,6 +170,15 @@ func Plan(mode Mode, path Path, codecs []pipeline.Codec, cfg PlanConfig) (Settin
 	s := Settings{Mode: mode, Ladder: BuildLadder(codecs, cfg.Priors), Limits: limits, MaxStreams: maxStreams}
 	s.MinStep, s.MaxStep = s.Ladder.Bounds(mode)
 	why := func(format string, args ...any) { s.Why = append(s.Why, fmt.Sprintf(format, args...)) }
+	if cfg.Step != nil {
+		i := s.Ladder.Index(*cfg.Step)
+		if i < 0 {
+			return Settings{}, fmt.Errorf("codec %d level %d is not one of this session's steps (%s; the others are slower for no better ratio): %w",
+				cfg.Step.Codec, cfg.Step.Level, strings.Join(s.Ladder.Names(), ", "), ErrBadConfig)
+		}
+		s.MinStep, s.MaxStep, s.Pinned = i, i, true
+		why("codec: %s, fixed by the user", s.Ladder[i].Name)
+	}
 
 	// Page stage: its per-page work (~1.4 us/page, ~2.9 GB/s a core) would
 	// itself bound a datacenter link, so there only the zero test runs.

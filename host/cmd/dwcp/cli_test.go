@@ -365,3 +365,30 @@ func TestWrongCertificateIsRefused(t *testing.T) {
 	}
 	t.Logf("sender saw: %s", strings.TrimSpace(string(out)))
 }
+
+// dwcp migrate --codec/--level fix the codec step; a codec or level the
+// session cannot use is refused while planning, before QEMU is touched, with
+// a message that says what is available.
+func TestMigrateRefusesACodecItCannotFix(t *testing.T) {
+	bin, plugins := buildAll(t)
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	makeCerts(t, bin, certs)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--level", "3"}, "--level 3 needs --codec"},
+		{[]string{"--codec", "bogus"}, `no codec plugin "bogus"`},
+		{[]string{"--codec", "zstd", "--level", "99"}, "codec zstd: level 99 outside"},
+	} {
+		// serve --once: one serve per session.
+		srv := startServe(t, bin, plugins, certs, filepath.Join(dir, "out"))
+		args := append([]string{"migrate", "--local", "--qmp", filepath.Join(dir, "no-such-vm.qmp"), "--to", srv.addr, "--peer-name", "hostb",
+			"--certs", certs, "--name", "hosta", "--plugin-dir", plugins, "--state-dir", filepath.Join(dir, "state")}, c.args...)
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("dwcp migrate %s: err %v, want a failure saying %q:\n%s", strings.Join(c.args, " "), err, c.want, out)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -29,7 +30,9 @@ func (e *exitError) Unwrap() error { return e.err }
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	stopProfile := startCPUProfile(os.Getenv("DWCP_CPUPROFILE"))
+	closeWindowLog := openWindowLog(os.Getenv("DWCP_WINDOW_LOG"))
 	err := newRootCommand().ExecuteContext(ctx)
+	closeWindowLog()
 	stopProfile()
 	stop()
 	if err != nil {
@@ -77,6 +80,33 @@ func startCPUProfile(prefix string) func() {
 		pprof.StopCPUProfile()
 		if err := f.Close(); err != nil {
 			fmt.Fprintln(os.Stderr, "dwcp: DWCP_CPUPROFILE:", err)
+		}
+	}
+}
+
+// windowLog is where the adaptive controller's windows are traced
+// (agent.Config.WindowLog), nil for nowhere: DWCP_WINDOW_LOG=FILE appends
+// one line per window of every session this process sends (the daemons
+// of a lab run each append to it), for diagnosing what bound a migration.
+var windowLog io.Writer
+
+// openWindowLog opens DWCP_WINDOW_LOG's file for appending and sets
+// windowLog; the returned function closes it. A file that cannot be opened
+// is reported and the command runs without it.
+func openWindowLog(path string) func() {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dwcp: DWCP_WINDOW_LOG:", err)
+		return func() {}
+	}
+	windowLog = f
+	return func() {
+		windowLog = nil
+		if err := f.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, "dwcp: DWCP_WINDOW_LOG:", err)
 		}
 	}
 }

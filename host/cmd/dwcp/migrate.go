@@ -137,6 +137,11 @@ type migrateRequest struct {
 	Downtime     time.Duration `json:"downtime"`
 	MaxTime      time.Duration `json:"max_time"`
 	Streams      int           `json:"streams"`
+	// Codec and Level fix the codec step for the whole migration
+	// (--codec, --level): "" lets the controller choose; "none" stores;
+	// Level -1 is the codec's default.
+	Codec string `json:"codec,omitempty"`
+	Level int    `json:"level,omitempty"`
 	// Quiet: no progress output (the caller prints JSON). TTY: the
 	// caller's terminal redraws one progress line.
 	Quiet bool `json:"quiet,omitempty"`
@@ -173,7 +178,11 @@ func runMigration(ctx context.Context, a *agent.Agent, hist *pagestore.Store, re
 		log = io.Discard
 	}
 	t0 := time.Now()
-	codecs, sess, plan, err := connectAndPlan(ctx, log, a, req.To, req.PeerName, req.Mode, req.Streams, &steps)
+	var pin *agent.CodecPin
+	if req.Codec != "" {
+		pin = &agent.CodecPin{Codec: req.Codec, Level: req.Level}
+	}
+	codecs, sess, plan, err := connectAndPlan(ctx, log, a, req.To, req.PeerName, req.Mode, pin, req.Streams, &steps)
 	if err != nil {
 		return migrateSummary{}, err
 	}
@@ -325,6 +334,9 @@ func newMigrateCommand() *cobra.Command {
 				req.MaxBandwidth = 0
 			}
 			req.Quiet, req.TTY, req.NoHistory = asJSON, isTerminal(cmd.ErrOrStderr()), !history
+			if cmd.Flags().Changed("level") && req.Codec == "" {
+				return fmt.Errorf("--level %d needs --codec", req.Level)
+			}
 			if err := req.validate(); err != nil {
 				return err
 			}
@@ -373,6 +385,8 @@ func newMigrateCommand() *cobra.Command {
 	cmd.Flags().DurationVar(&req.MaxTime, "max-time", 30*time.Minute, "cancel a migration that has not finished by then (the VM keeps running here)")
 	cmd.Flags().StringVar(&req.Converge, "converge", "auto-converge", "policy for guests that dirty memory faster than the link: auto-converge (throttle the guest) or none")
 	cmd.Flags().IntVar(&req.Streams, "streams", 0, streamsUsage)
+	cmd.Flags().StringVar(&req.Codec, "codec", "", "fix the codec for the whole migration (zstd, s2, lz4-block, ... or none) instead of letting the controller choose; it must be one of the steps the plan lists")
+	cmd.Flags().IntVar(&req.Level, "level", -1, "with --codec: the codec level (-1: the codec's default)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
 	cmd.Flags().BoolVar(&local, "local", false, "run the migration in this process even when the host's dwcp serve runs")
 	cmd.Flags().BoolVar(&req.Suspend, "suspend", false, "leave the VM paused on the destination once migrated, instead of running it (continue it there with QMP cont); the source stops as usual")

@@ -84,7 +84,7 @@ func (h *hostFlags) open(ctx context.Context, stderr io.Writer, kinds ...sdk.Kin
 		overrides = filepath.Join(h.stateDir, "overrides.json")
 	}
 	return agent.Open(ctx, agent.Config{PluginDir: h.pluginDir, CertsDir: h.certsDir, Name: h.name, Logger: logger, Kinds: kinds,
-		StateDir: h.stateDir, OverridesFile: overrides})
+		StateDir: h.stateDir, OverridesFile: overrides, WindowLog: windowLog})
 }
 
 // sendSummary is what `dwcp send` reports.
@@ -153,7 +153,7 @@ func newSendCommand() *cobra.Command {
 			if !asJSON {
 				stderr = cmd.ErrOrStderr()
 			}
-			codecs, sess, plan, err := connectAndPlan(ctx, stderr, a, to, peerName, mode, streams, &setupSteps{})
+			codecs, sess, plan, err := connectAndPlan(ctx, stderr, a, to, peerName, mode, nil, streams, &setupSteps{})
 			if err != nil {
 				return err
 			}
@@ -161,7 +161,7 @@ func newSendCommand() *cobra.Command {
 			choice := plan.Settings.Start
 			var policy pipeline.Policy = plan.Controller
 			if cmd.Flags().Changed("codec") || cmd.Flags().Changed("level") {
-				if choice, err = pickCodec(codecs, codecName, level); err != nil {
+				if choice, err = agent.PickCodec(codecs, codecName, level); err != nil {
 					return err
 				}
 				policy = pipeline.FixedPolicy(choice)
@@ -260,7 +260,7 @@ func newSendCommand() *cobra.Command {
 // connectAndPlan dials the peer and plans the session. streams is the
 // user's --streams: 0 lets the controller size the connection count to the
 // path (starting from defaultStreams), N pins it at N.
-func connectAndPlan(ctx context.Context, log io.Writer, a *agent.Agent, to, peerName, mode string, streams int, steps *setupSteps) ([]pipeline.Codec, *transport.Session, *agent.SessionPlan, error) {
+func connectAndPlan(ctx context.Context, log io.Writer, a *agent.Agent, to, peerName, mode string, pin *agent.CodecPin, streams int, steps *setupSteps) ([]pipeline.Codec, *transport.Session, *agent.SessionPlan, error) {
 	t := time.Now()
 	pinned := streams != 0
 	if !pinned {
@@ -272,7 +272,7 @@ func connectAndPlan(ctx context.Context, log io.Writer, a *agent.Agent, to, peer
 	}
 	steps.ConnectMs = msSince(t)
 	t = time.Now()
-	plan, err := a.PlanSession(ctx, sess, sess.PeerName(), mode, pinned)
+	plan, err := a.PlanSession(ctx, sess, sess.PeerName(), mode, pin, pinned)
 	steps.PlanMs = msSince(t)
 	if err != nil {
 		sess.Close()
@@ -310,27 +310,6 @@ type setupSteps struct {
 }
 
 func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
-
-func pickCodec(codecs []pipeline.Codec, name string, level int) (pipeline.Choice, error) {
-	if name == "none" {
-		return pipeline.Choice{}, nil
-	}
-	var names []string
-	for _, c := range codecs {
-		if c.Algorithm == name {
-			caps := c.Codec.Capabilities()
-			if level < 0 {
-				level = caps.Levels.Default
-			}
-			if !caps.Levels.Contains(level) {
-				return pipeline.Choice{}, fmt.Errorf("codec %s: level %d outside %d..%d", name, level, caps.Levels.Min, caps.Levels.Max)
-			}
-			return pipeline.Choice{Codec: c.ID, Level: level}, nil
-		}
-		names = append(names, c.Algorithm)
-	}
-	return pipeline.Choice{}, fmt.Errorf("no codec plugin %q (have: %s, none)", name, strings.Join(names, ", "))
-}
 
 func codecLabel(codecs []pipeline.Codec, id uint8) string {
 	for _, c := range codecs {
