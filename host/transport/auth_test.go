@@ -12,15 +12,28 @@ import (
 	"github.com/dwcp/dwcp/host/certs"
 )
 
-// listenerError waits for the listener to report a failed handshake.
-func (e *env) listenerError(t *testing.T) error {
+// listenerError waits for the listener to report a failed handshake that
+// says want ("": any), and returns it (or the last one reported). A refused session
+// can cost several handshakes: the data connections dial while the
+// control connection opens the session, and those the dialer abandons
+// when it fails end in EOF at the listener.
+func (e *env) listenerError(t *testing.T, want string) error {
 	t.Helper()
-	select {
-	case err := <-e.errs:
-		return err
-	case <-time.After(5 * time.Second):
-		t.Fatal("listener reported no handshake error")
-		return nil
+	var last error
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case err := <-e.errs:
+			if want == "" || strings.Contains(err.Error(), want) {
+				return err
+			}
+			last = err
+		case <-timeout:
+			if last == nil {
+				t.Fatal("listener reported no handshake error")
+			}
+			return last
+		}
 	}
 }
 
@@ -111,7 +124,7 @@ func TestAuthRefusals(t *testing.T) {
 			if !errors.Is(err, ErrAuth) || !strings.Contains(err.Error(), c.dialWant) {
 				t.Errorf("dialer: %v\nwant ErrAuth and %q", err, c.dialWant)
 			}
-			lerr := e.listenerError(t)
+			lerr := e.listenerError(t, c.listenWant)
 			if !errors.Is(lerr, ErrAuth) || !strings.Contains(lerr.Error(), c.listenWant) {
 				t.Errorf("listener: %v\nwant ErrAuth and %q", lerr, c.listenWant)
 			}
@@ -167,7 +180,7 @@ func TestVersionNegotiation(t *testing.T) {
 		if err := refusalError(r); !errors.Is(err, ErrIncompatible) {
 			t.Errorf("refusal error %v does not match ErrIncompatible", err)
 		}
-		if lerr := e.listenerError(t); !errors.Is(lerr, ErrIncompatible) {
+		if lerr := e.listenerError(t, ""); !errors.Is(lerr, ErrIncompatible) {
 			t.Errorf("listener: %v", lerr)
 		}
 	}

@@ -72,20 +72,30 @@ func (d *dialer) open(ctx context.Context) (*Session, error) {
 	defer cancel()
 	hello := &pb.Hello{Versions: ourVersions, Capabilities: ourCaps(),
 		Purpose: &pb.Hello_Open{Open: &pb.Open{Streams: uint32(d.streams), Limits: ourLimits(d.cfg)}}}
+	// The data connections dial and shake hands while the control
+	// connection opens the session: two of a session's six round trips
+	// (120 ms of the lab's 60 ms internet profile). Each sends its Hello,
+	// which names the session, once the control connection's Welcome is in.
+	early := d.dialEarly(ctx, d.streams)
 	c, w, err := d.connect(hctx, 0, func(tls.ConnectionState) (*pb.Hello, error) { return hello, nil })
 	if err != nil {
+		early.abandon(err)
 		return nil, err
 	}
 	if w.GetLimits() == nil {
 		c.raw.Close()
-		return nil, fmt.Errorf("transport: dial %s: welcome without limits: %w", d.addr, ErrBadFrame)
+		err := fmt.Errorf("transport: dial %s: welcome without limits: %w", d.addr, ErrBadFrame)
+		early.abandon(err)
+		return nil, err
 	}
 	id := [idSize]byte(w.GetSessionId())
 	cs := c.tls.ConnectionState()
 	key, err := resumeKey(cs, id)
 	if err != nil {
 		c.raw.Close()
-		return nil, fmt.Errorf("transport: dial %s: %w", d.addr, err)
+		err = fmt.Errorf("transport: dial %s: %w", d.addr, err)
+		early.abandon(err)
+		return nil, err
 	}
 	s := newSession(true, id, peerIdentity(cs), w.GetVersion(), w.GetCapabilities(), key, d.cfg, d.streams, limitsOf(w.GetLimits()))
 	s.dial = d
@@ -96,7 +106,9 @@ func (d *dialer) open(ctx context.Context) (*Session, error) {
 	err = s.startConnLocked(ep, c)
 	s.mu.Unlock()
 	if err == nil {
-		err = s.attachData(ctx, ep)
+		err = s.attachData(ctx, ep, early)
+	} else {
+		early.abandon(err)
 	}
 	if err != nil {
 		s.fail(err, true)
@@ -187,12 +199,78 @@ func (s *Session) attachHello(ep uint64, stream int, received []uint64) func(tls
 	}
 }
 
-// attachData dials the data connections of ep in parallel, as many as
-// are wanted. A connection the listener refuses for its limit is left out
-// (the count then drops to what it takes) rather than failing the epoch:
-// a request to grow made while the link was down must not end the
-// session at the resume.
-func (s *Session) attachData(ctx context.Context, ep *epoch) error {
+// errNotNeeded ends an early data connection beyond the count the
+// listener takes (its Welcome's limits).
+var errNotNeeded = errors.New("data connection not needed")
+
+// earlyData is the data connections of a session being opened, dialled
+// while its control connection opens it (dialer.dialEarly). Each one runs
+// TCP and TLS, then waits for the session (release) before its Hello.
+type earlyData struct {
+	ready  chan struct{} // closed by release or abandon
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	// Set before ready is closed, read after.
+	s      *Session
+	ep     *epoch
+	n      int
+	failed error
+	// Written by connection i's goroutine, read after wg.Wait.
+	conns []*wconn
+	errs  []error
+}
+
+// dialEarly starts dialling data connections 1..streams.
+func (d *dialer) dialEarly(ctx context.Context, streams int) *earlyData {
+	e := &earlyData{ready: make(chan struct{}), conns: make([]*wconn, streams+1), errs: make([]error, streams+1)}
+	ctx, e.cancel = context.WithTimeout(ctx, d.cfg.HandshakeTimeout)
+	for i := 1; i <= streams; i++ {
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.conns[i], _, e.errs[i] = d.connect(ctx, i, func(cs tls.ConnectionState) (*pb.Hello, error) {
+				select {
+				case <-e.ready:
+				case <-ctx.Done():
+					return nil, context.Cause(ctx)
+				}
+				switch {
+				case e.failed != nil:
+					return nil, e.failed
+				case i > e.n:
+					return nil, errNotNeeded
+				}
+				return e.s.attachHello(e.ep.num, i, nil)(cs)
+			})
+		}()
+	}
+	return e
+}
+
+// release lets the first n connections attach to s's epoch ep (the rest
+// close) and waits for all of them.
+func (e *earlyData) release(s *Session, ep *epoch, n int) {
+	e.s, e.ep, e.n = s, ep, n
+	close(e.ready)
+	e.wg.Wait()
+	e.cancel()
+}
+
+// abandon ends the connections: the session did not open.
+func (e *earlyData) abandon(err error) {
+	e.failed = err
+	close(e.ready)
+	e.cancel()
+	e.wg.Wait()
+}
+
+// attachData attaches the data connections of ep, as many as are wanted:
+// those early dialled while the session opened (nil for an epoch that
+// resumes it), else dialled now, in parallel. A connection the listener
+// refuses for its limit is left out (the count then drops to what it
+// takes) rather than failing the epoch: a request to grow made while the
+// link was down must not end the session at the resume.
+func (s *Session) attachData(ctx context.Context, ep *epoch, early *earlyData) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
 	s.mu.Lock()
@@ -203,28 +281,39 @@ func (s *Session) attachData(ctx context.Context, ep *epoch) error {
 	s.mu.Unlock()
 	errs := make([]error, n+1)
 	refused := make([]bool, n+1)
-	var wg sync.WaitGroup
-	for i := 1; i <= n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, _, err := s.dial.connect(ctx, i, s.attachHello(ep.num, i, nil))
-			if err == nil {
-				s.mu.Lock()
-				err = s.startConnLocked(ep, c)
-				s.mu.Unlock()
-			}
-			switch {
-			case err == nil:
-			case i > 1 && isLimitRefusal(err):
-				refused[i] = true
-			default:
-				errs[i] = err
-				cancel()
-			}
-		}()
+	attach := func(i int, c *wconn, err error) {
+		if err == nil {
+			s.mu.Lock()
+			err = s.startConnLocked(ep, c)
+			s.mu.Unlock()
+		}
+		switch {
+		case err == nil:
+		case i > 1 && isLimitRefusal(err):
+			refused[i] = true
+		default:
+			errs[i] = err
+			cancel()
+		}
 	}
-	wg.Wait()
+	if early != nil {
+		n = min(n, len(early.conns)-1)
+		early.release(s, ep, n)
+		for i := 1; i <= n; i++ {
+			attach(i, early.conns[i], early.errs[i])
+		}
+	} else {
+		var wg sync.WaitGroup
+		for i := 1; i <= n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, _, err := s.dial.connect(ctx, i, s.attachHello(ep.num, i, nil))
+				attach(i, c, err)
+			}()
+		}
+		wg.Wait()
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
@@ -351,7 +440,7 @@ func (s *Session) reconnect(timeout time.Duration) error {
 	err = s.startConnLocked(ep, c)
 	s.mu.Unlock()
 	if err == nil {
-		err = s.attachData(ctx, ep)
+		err = s.attachData(ctx, ep, nil)
 	}
 	if err != nil {
 		s.linkError(ep, err)

@@ -22,7 +22,7 @@ func TestListenerLimits(t *testing.T) {
 		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "already has 1 sessions") {
 			t.Fatalf("second session: %v", err)
 		}
-		if lerr := e.listenerError(t); !errors.Is(lerr, ErrRefused) {
+		if lerr := e.listenerError(t, "already has 1 sessions"); !errors.Is(lerr, ErrRefused) {
 			t.Errorf("listener: %v", lerr)
 		}
 	})
@@ -64,7 +64,7 @@ func TestListenerLimits(t *testing.T) {
 		idle2.Read(make([]byte, 1))
 		var sawTimeout bool
 		for range 4 {
-			if err := e.listenerError(t); strings.Contains(err.Error(), "timeout") {
+			if err := e.listenerError(t, ""); strings.Contains(err.Error(), "timeout") {
 				sawTimeout = true
 				break
 			}
