@@ -113,6 +113,13 @@ func memPipeQ(t testing.TB, rate float64, delay time.Duration, queue int) (*memC
 }
 
 func (m *memConn) Send(ctx context.Context, msg []byte) error {
+	// A closed pipe refuses every Send: in the select below a free queue
+	// slot would win half the time.
+	select {
+	case <-m.closed:
+		return io.ErrClosedPipe
+	default:
+	}
 	select {
 	case m.out.queue <- timedMsg{b: append([]byte(nil), msg...), at: time.Now()}:
 		return nil
