@@ -9,10 +9,12 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -391,4 +393,111 @@ func TestMigrateRefusesACodecItCannotFix(t *testing.T) {
 			t.Errorf("dwcp migrate %s: err %v, want a failure saying %q:\n%s", strings.Join(c.args, " "), err, c.want, out)
 		}
 	}
+}
+
+// dwcp serve --metrics serves Prometheus metrics of the sessions it
+// received: two real sends over TLS, then a scrape.
+func TestServeMetrics(t *testing.T) {
+	bin, plugins := buildAll(t)
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	makeCerts(t, bin, certs)
+	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--certs", certs, "--name", "hostb", "--control", "none",
+		"--out-dir", filepath.Join(dir, "out"), "--plugin-dir", plugins, "--metrics", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "DWCP_STATE="+filepath.Join(dir, "serve-state"))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	sc := bufio.NewScanner(stdout)
+	var addr, metricsURL string
+	for (addr == "" || metricsURL == "") && sc.Scan() {
+		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
+			addr = m[1]
+		}
+		if m := regexp.MustCompile(`metrics on (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
+			metricsURL = m[1]
+		}
+	}
+	if addr == "" || metricsURL == "" {
+		t.Fatalf("serve did not say where it listens: %s", stderr.String())
+	}
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	input := mixedFile(t, filepath.Join(dir, "state.bin"), 4<<20)
+	for range 2 {
+		run(t, bin, "send", filepath.Join(dir, "state.bin"), "--to", addr, "--peer-name", "hostb", "--certs", certs, "--name", "hosta",
+			"--plugin-dir", plugins, "--state-dir", filepath.Join(dir, "state"))
+	}
+	// The second session is counted once serve has written the file.
+	var body string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		body = scrape(t, metricsURL)
+		if strings.Contains(body, `dwcp_sessions_total{direction="in",kind="transfer",result="ok"} 2`) || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, c := range []struct {
+		series string
+		want   float64
+	}{
+		{`dwcp_sessions_total{direction="in",kind="transfer",result="ok"}`, 2},
+		{`dwcp_stream_bytes_total{direction="in"}`, float64(2 * len(input))},
+		{`dwcp_sessions_active{direction="in"}`, 0},
+		{`dwcp_session_duration_seconds_count{direction="in",kind="transfer"}`, 2},
+	} {
+		if got, ok := metricValue(body, c.series); !ok || got != c.want {
+			t.Errorf("%s = %v (present %v), want %v:\n%s", c.series, got, ok, c.want, grepLines(body, "dwcp_"))
+		}
+	}
+	if wire, ok := metricValue(body, `dwcp_wire_bytes_total{direction="in"}`); !ok || wire <= 0 || wire >= float64(2*len(input)) {
+		t.Errorf("wire bytes %v: want some, fewer than the stream's (it compresses):\n%s", wire, grepLines(body, "dwcp_"))
+	}
+	if _, ok := metricValue(body, "process_resident_memory_bytes"); !ok {
+		t.Error("no process metrics")
+	}
+}
+
+// metricValue finds a series (name and labels exactly as exposed) in a
+// Prometheus text exposition.
+func metricValue(body, series string) (float64, bool) {
+	for _, l := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}
+
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %v %s", url, err, resp.Status)
+	}
+	return string(b)
+}
+
+func grepLines(s, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

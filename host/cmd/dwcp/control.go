@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dwcp/dwcp/host/agent"
+	"github.com/dwcp/dwcp/host/metrics"
 	"github.com/dwcp/dwcp/host/migrate"
 	"github.com/dwcp/dwcp/host/pagestore"
 )
@@ -159,7 +160,9 @@ type controlServer struct {
 	agent *agent.Agent
 	hist  *pagestore.Store // the daemon's page history, nil if none
 	log   func(format string, args ...any)
-	wg    sync.WaitGroup
+	// metrics counts the migrations it runs (nil: none kept).
+	metrics *metrics.Metrics
+	wg      sync.WaitGroup
 }
 
 // listenControl creates the control socket at path. A socket that still
@@ -268,7 +271,10 @@ func (c *controlServer) handle(ctx context.Context, conn net.Conn) {
 	defer conn.Close() // ends the watcher once the handler is done
 	r := *req.Migrate
 	c.log("migration of %s to %s requested over the control socket", r.QMP, r.To)
+	ended := c.metrics.Started(metrics.Out)
 	sum, err := runMigration(ctx, c.agent, c.hist, r, out, setupSteps{})
+	ended(metrics.Session{Kind: metrics.Migration, Err: err, Duration: time.Duration(sum.TotalSeconds * float64(time.Second)),
+		StreamBytes: sum.StreamBytes, WireBytes: sum.WireBytes, Downtime: time.Duration(sum.DowntimeMs * float64(time.Millisecond))})
 	if err != nil {
 		c.log("migration of %s to %s failed: %v", r.QMP, r.To, err)
 		_ = out.send(failureMessage(err))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dwcp/dwcp/host/agent"
 	"github.com/dwcp/dwcp/host/internal/pb/streamv1"
+	"github.com/dwcp/dwcp/host/metrics"
 	"github.com/dwcp/dwcp/host/migrate"
 	"github.com/dwcp/dwcp/host/modes"
 	"github.com/dwcp/dwcp/host/pagestore"
@@ -322,7 +323,7 @@ func codecLabel(codecs []pipeline.Codec, id uint8) string {
 
 func newServeCommand() *cobra.Command {
 	var hf hostFlags
-	var listen, outDir, control string
+	var listen, outDir, control, metricsAddr string
 	var once bool
 	cmd := &cobra.Command{
 		Use:   "serve --listen ADDR --out-dir DIR",
@@ -357,12 +358,17 @@ func newServeCommand() *cobra.Command {
 			if !explicit && !once {
 				control = controlSocketPath(hf.stateDir)
 			}
+			var m *metrics.Metrics
+			if metricsAddr != "" {
+				m = metrics.New(version)
+			}
 			if control != "" && control != "none" {
 				cs, err := listenControl(control, a, hist, func(format string, args ...any) {
 					fmt.Fprintf(cmd.OutOrStdout(), "dwcp serve: "+format+"\n", args...)
 				})
 				switch {
 				case err == nil:
+					cs.metrics = m
 					cs.serve(ctx)
 					defer cs.Close()
 				case explicit:
@@ -374,6 +380,14 @@ func newServeCommand() *cobra.Command {
 				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "dwcp serve: listening on %s as %s, writing to %s\n", l.Addr(), hf.name, outDir)
+			if m != nil {
+				ms, err := startMetrics(metricsAddr, m)
+				if err != nil {
+					return err
+				}
+				defer ms.Close()
+				fmt.Fprintf(cmd.OutOrStdout(), "dwcp serve: metrics on http://%s/metrics\n", ms.addr)
+			}
 			for {
 				sess, err := l.Accept(ctx)
 				if err != nil {
@@ -382,7 +396,7 @@ func newServeCommand() *cobra.Command {
 					}
 					return err
 				}
-				err = receiveOne(ctx, cmd, a, hist, sess, outDir, byAlgo)
+				err = receiveOne(ctx, cmd, a, hist, sess, outDir, byAlgo, m)
 				if err != nil {
 					fmt.Fprintf(cmd.ErrOrStderr(), "dwcp serve: session from %s failed: %v\n", sess.PeerName(), err)
 				}
@@ -396,6 +410,7 @@ func newServeCommand() *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", ":4650", "address to listen on")
 	cmd.Flags().StringVar(&outDir, "out-dir", ".", "directory received files are written to")
 	cmd.Flags().BoolVar(&once, "once", false, "exit after one session (exit status tells whether it succeeded)")
+	cmd.Flags().StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics (sessions, bytes, durations, downtime; Go runtime and process) at http://ADDR/metrics, e.g. 127.0.0.1:9650 (default: off)")
 	cmd.Flags().StringVar(&control, "control", "", "unix socket where `dwcp migrate` on this host hands migrations over (default: STATE_DIR/control.sock unless --once; none: off)")
 	return cmd
 }
@@ -403,8 +418,19 @@ func newServeCommand() *cobra.Command {
 // receiveOne serves one session: a migration, or a stream into outDir.
 // Sessions are served one at a time: a migration needs the host's cores
 // more than a second one does.
-func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, hist *pagestore.Store, sess *transport.Session, outDir string, codecs map[string]codec.Codec) error {
+func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, hist *pagestore.Store, sess *transport.Session, outDir string, codecs map[string]codec.Codec, m *metrics.Metrics) (err error) {
 	defer sess.Close()
+	start := time.Now()
+	ended := m.Started(metrics.In)
+	var res migrate.DestResult
+	defer func() {
+		kind := metrics.Transfer
+		if res.Hello.GetMigrationId() != "" {
+			kind = metrics.Migration
+		}
+		ended(metrics.Session{Kind: kind, Err: err, Duration: time.Since(start),
+			StreamBytes: res.Pipeline.BytesIn, WireBytes: res.Pipeline.WireBytes})
+	}()
 	var final string
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(cmd.OutOrStdout(), "dwcp serve: "+format+"\n", args...)
@@ -445,7 +471,7 @@ func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, hist *p
 	if err != nil {
 		return err
 	}
-	res, err := migrate.Destination(ctx, conn, opts)
+	res, err = migrate.Destination(ctx, conn, opts)
 	if err != nil {
 		return err
 	}
