@@ -21,8 +21,9 @@ type metricsServer struct {
 	addr string
 }
 
-// startMetrics listens on addr and serves m until Close.
-func startMetrics(addr string, m *metrics.Metrics) (*metricsServer, error) {
+// startMetrics listens on addr and serves m until Close; logf hears of a
+// server that stopped on its own.
+func startMetrics(addr string, m *metrics.Metrics, logf func(string, ...any)) (*metricsServer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
@@ -41,7 +42,7 @@ func startMetrics(addr string, m *metrics.Metrics) (*metricsServer, error) {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			// Serve fails only when the listener does; the daemon goes on
 			// without metrics rather than stopping migrations for them.
-			_ = err
+			logf("metrics server stopped: %v", err)
 		}
 	}()
 	return s, nil

@@ -381,7 +381,9 @@ func newServeCommand() *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "dwcp serve: listening on %s as %s, writing to %s\n", l.Addr(), hf.name, outDir)
 			if m != nil {
-				ms, err := startMetrics(metricsAddr, m)
+				ms, err := startMetrics(metricsAddr, m, func(format string, args ...any) {
+					fmt.Fprintf(cmd.ErrOrStderr(), "dwcp serve: "+format+"\n", args...)
+				})
 				if err != nil {
 					return err
 				}
