@@ -171,13 +171,17 @@ type Window struct {
 	// minimum): the window's retransmissions were not counted as loss.
 	RTT    time.Duration
 	Queued bool
+	// Segments and Retransmits are the data connections' TCP segments
+	// sent and retransmitted in the window (with a LinkSampler that reads
+	// the kernel's counters; 0 otherwise): the trace's view of loss.
+	Segments, Retransmits uint64
 }
 
 // String is the window on one line, rates in MB/s (10^6 bytes).
 func (w Window) String() string {
-	return fmt.Sprintf("step %s, %d batches in %v: stream %.1f MB/s, wire %.1f MB/s, sender blocked %.0f%%, encoders %.0f%%, network share %.2f, link %.1f MB/s, rtt %v: %s",
+	return fmt.Sprintf("step %s, %d batches in %v: stream %.1f MB/s, wire %.1f MB/s, sender blocked %.0f%%, encoders %.0f%%, network share %.2f, link %.1f MB/s, rtt %v, retransmitted %d of %d segments: %s",
 		w.Step, w.Batches, w.Interval.Round(time.Millisecond), w.StreamRate/1e6, w.WireRate/1e6, w.SendBusy*100, w.CPUBusy*100,
-		w.NetworkShare, w.Link/1e6, w.RTT.Round(10*time.Microsecond), w.Bottleneck)
+		w.NetworkShare, w.Link/1e6, w.RTT.Round(10*time.Microsecond), w.Retransmits, w.Segments, w.Bottleneck)
 }
 
 // Decision is one change the controller made or recommended.
@@ -308,17 +312,21 @@ type Controller struct {
 
 	counters0  TCPCounters
 	countersOK bool
-	lossWire   float64       // wire bytes sent since counters0
-	kernelMin  time.Duration // the kernel's MinRTT at the last reading
-	rtts       []rttSample   // the last rttWindow's samples, oldest first
-	path       Path
-	streams    int
-	recStreams int
-	recSince   time.Time
-	batches    uint64
-	last       Window
-	log        []Decision
-	dropped    int
+	// winCounters: the counters at the last window's end, for the
+	// window's own segment and retransmission counts (Window.Segments).
+	winCounters   TCPCounters
+	winCountersOK bool
+	lossWire      float64       // wire bytes sent since counters0
+	kernelMin     time.Duration // the kernel's MinRTT at the last reading
+	rtts          []rttSample   // the last rttWindow's samples, oldest first
+	path          Path
+	streams       int
+	recStreams    int
+	recSince      time.Time
+	batches       uint64
+	last          Window
+	log           []Decision
+	dropped       int
 }
 
 func packChoice(c pipeline.Choice) uint64 {
@@ -395,6 +403,7 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	if cfg.Sampler != nil {
 		ls := cfg.Sampler.Sample()
 		c.counters0, c.countersOK = ls.Counters, ls.CountersOK
+		c.winCounters, c.winCountersOK = ls.Counters, ls.CountersOK
 		// The first window is judged by the kernel's send state too: it
 		// is the one most often held by the receiver (a destination still
 		// starting its QEMU, decoders warming up), and counted as the
@@ -686,6 +695,13 @@ func (c *Controller) evaluate(now time.Time) {
 		// change made the controller retry it in every thin phase.)
 		clear(c.backoffUntil)
 		c.linkAtBackoff = 0
+	}
+	if ls.CountersOK {
+		if c.winCountersOK && ls.Counters.SegmentsSent >= c.winCounters.SegmentsSent && ls.Counters.Retransmitted >= c.winCounters.Retransmitted {
+			w.Segments = ls.Counters.SegmentsSent - c.winCounters.SegmentsSent
+			w.Retransmits = ls.Counters.Retransmitted - c.winCounters.Retransmitted
+		}
+		c.winCounters, c.winCountersOK = ls.Counters, true
 	}
 	w.RTT, w.Queued = c.updatePath(now, ls)
 	if rtt := c.path.RTT; saturated {

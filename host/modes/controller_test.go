@@ -206,6 +206,34 @@ func TestControllerTracesEveryWindow(t *testing.T) {
 	}
 }
 
+// With the kernel's counters (LinkSample.Counters), each traced window
+// carries the segments sent and retransmitted in it, not since the start.
+func TestControllerTracesEachWindowsRetransmissions(t *testing.T) {
+	var wins []Window
+	var counters TCPCounters
+	sampler := &samplerFunc{f: func() LinkSample {
+		counters.SegmentsSent += 1000
+		counters.Retransmitted += 7
+		return LinkSample{Counters: counters, CountersOK: true, RTT: 60 * time.Millisecond}
+	}}
+	r := newRig(t, rigConfig{
+		mode: Internet, manual: true, path: Path{RTT: 60 * time.Millisecond, Bandwidth: 100 * Mbit},
+		start: "zstd:2", link: constLink(12.5e6), sampler: sampler,
+		onWindow: func(_ time.Time, w Window) { wins = append(wins, w) },
+	})
+	r.run(200)
+	if len(wins) < 2 {
+		t.Fatalf("%d windows traced", len(wins))
+	}
+	for i, w := range wins {
+		// One sample per window; the first window's base is the sample
+		// NewController took.
+		if w.Segments != 1000 || w.Retransmits != 7 || !strings.Contains(w.String(), "retransmitted 7 of 1000 segments") {
+			t.Errorf("window %d: %d of %d segments retransmitted, want 7 of 1000: %s", i, w.Retransmits, w.Segments, w)
+		}
+	}
+}
+
 // A thin link and a fast CPU: the link is the bottleneck and the encoders
 // have room, so the controller compresses harder.
 func TestControllerGoesHarderWhenTheLinkIsTheBottleneck(t *testing.T) {
