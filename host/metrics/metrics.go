@@ -72,14 +72,13 @@ func New(version string) *Metrics {
 		Name: "dwcp_sessions_active",
 		Help: "Sessions running now, by direction.",
 	}, []string{"direction"})
-	m.stream = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "dwcp_stream_bytes_total",
-		Help: "Stream bytes carried by ended sessions (QEMU's migration stream or the file), by direction.",
-	}, []string{"direction"})
-	m.wire = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "dwcp_wire_bytes_total",
-		Help: "Bytes of frames on the wire of ended sessions (compressed, before TLS), by direction.",
-	}, []string{"direction"})
+	bytesByDirection := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"direction"})
+	}
+	m.stream = bytesByDirection("dwcp_stream_bytes_total",
+		"Stream bytes carried by ended sessions (QEMU's migration stream or the file), by direction.")
+	m.wire = bytesByDirection("dwcp_wire_bytes_total",
+		"Bytes of frames on the wire of ended sessions (compressed, before TLS), by direction.")
 	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "dwcp_session_duration_seconds",
 		Help:    "Duration of sessions that completed, by direction and kind.",
