@@ -75,9 +75,14 @@ func (d *dialer) open(ctx context.Context) (*Session, error) {
 	// The data connections dial and shake hands while the control
 	// connection opens the session: two of a session's six round trips
 	// (120 ms of the lab's 60 ms internet profile). Each sends its Hello,
-	// which names the session, once the control connection's Welcome is in.
-	early := d.dialEarly(ctx, d.streams)
-	c, w, err := d.connect(hctx, 0, func(tls.ConnectionState) (*pb.Hello, error) { return hello, nil })
+	// which names the session, once the control connection's Welcome is
+	// in. They start once the control connection's TCP connection is up,
+	// so that the listener accepts it first: on a listener short of
+	// handshake slots the control connection must not lose its slot to
+	// its own data connections (those that do retry in attachData).
+	var early *earlyData
+	c, w, err := d.connectThen(hctx, 0, func(tls.ConnectionState) (*pb.Hello, error) { return hello, nil },
+		func() { early = d.dialEarly(ctx, d.streams) })
 	if err != nil {
 		early.abandon(err)
 		return nil, err
@@ -127,9 +132,18 @@ func (d *dialer) open(ctx context.Context) (*Session, error) {
 // connect dials, runs TLS, sends the Hello that mk builds for this
 // connection and reads the Welcome. A refusal becomes an error.
 func (d *dialer) connect(ctx context.Context, stream int, mk func(tls.ConnectionState) (*pb.Hello, error)) (*wconn, *pb.Welcome, error) {
+	return d.connectThen(ctx, stream, mk, nil)
+}
+
+// connectThen is connect, calling dialed (when not nil) once the TCP
+// connection is up, before TLS.
+func (d *dialer) connectThen(ctx context.Context, stream int, mk func(tls.ConnectionState) (*pb.Hello, error), dialed func()) (*wconn, *pb.Welcome, error) {
 	nc, err := d.dial(ctx, "tcp", d.addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("transport: dial %s: %w", d.addr, err)
+	}
+	if dialed != nil {
+		dialed()
 	}
 	if d.cfg.sockBuf > 0 && stream > 0 {
 		setSocketBuffers(nc, d.cfg.sockBuf)
@@ -199,6 +213,13 @@ func (s *Session) attachHello(ep uint64, stream int, received []uint64) func(tls
 	}
 }
 
+// busyRetries and busyPause: how an early data connection that a busy
+// listener closed is dialled again (attachData).
+const (
+	busyRetries = 3
+	busyPause   = 50 * time.Millisecond
+)
+
 // errNotNeeded ends an early data connection beyond the count the
 // listener takes (its Welcome's limits).
 var errNotNeeded = errors.New("data connection not needed")
@@ -256,8 +277,13 @@ func (e *earlyData) release(s *Session, ep *epoch, n int) {
 	e.cancel()
 }
 
-// abandon ends the connections: the session did not open.
+// abandon ends the connections: the session did not open. A nil
+// *earlyData (the control connection never got its TCP connection) has
+// none.
 func (e *earlyData) abandon(err error) {
+	if e == nil {
+		return
+	}
 	e.failed = err
 	close(e.ready)
 	e.cancel()
@@ -300,7 +326,22 @@ func (s *Session) attachData(ctx context.Context, ep *epoch, early *earlyData) e
 		n = min(n, len(early.conns)-1)
 		early.release(s, ep, n)
 		for i := 1; i <= n; i++ {
-			attach(i, early.conns[i], early.errs[i])
+			c, err := early.conns[i], early.errs[i]
+			// An early connection can fail where a later one does not: a
+			// listener with all its handshake slots taken (by the control
+			// connection among others) closes it at once, without a
+			// refusal. Dial it again now that the session is open, and
+			// twice more after a pause while the listener frees a slot.
+			for try := 0; err != nil && try < busyRetries && ctx.Err() == nil && !errors.Is(err, ErrRefused) && !errors.Is(err, ErrAuth); try++ {
+				if try > 0 {
+					select {
+					case <-ctx.Done():
+					case <-time.After(busyPause):
+					}
+				}
+				c, _, err = s.dial.connect(ctx, i, s.attachHello(ep.num, i, nil))
+			}
+			attach(i, c, err)
 		}
 	} else {
 		var wg sync.WaitGroup

@@ -3,16 +3,18 @@ package transport
 import (
 	"context"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
 // The data connections of a new session dial (TCP and TLS) while the
-// control connection opens it, not after: the control connection's dial
-// here does not return before all four data connections have started to
-// dial, which only happens if they go first. (Dialled after, they would
-// never start, and the control dial would give up waiting after 10 s.)
+// control connection opens it, not after: the control connection here
+// reads nothing (so cannot finish its TLS handshake) until all four data
+// connections have started to dial, which only happens if they go first.
+// (Dialled after, they would never start, and the control connection
+// would give up waiting after 10 s.)
 func TestDataConnectionsDialWhileTheSessionOpens(t *testing.T) {
 	const streams = 4
 	var dials atomic.Int32
@@ -24,26 +26,64 @@ func TestDataConnectionsDialWhileTheSessionOpens(t *testing.T) {
 		if n == streams+1 {
 			close(allStarted)
 		}
-		if n == 1 {
-			// The first dial of a session is its control connection.
+		c, err := nd.DialContext(ctx, network, addr)
+		if err != nil || n != 1 {
+			return c, err
+		}
+		// The first dial of a session is its control connection.
+		return &heldConn{Conn: c, hold: func() {
 			select {
 			case <-allStarted:
 				sawAll.Store(true)
 			case <-time.After(10 * time.Second):
-			case <-ctx.Done():
 			}
-		}
-		return nd.DialContext(ctx, network, addr)
+		}}, nil
 	}
 	e := newEnv(t, ListenConfig{}, DialConfig{Streams: streams, Dial: dial})
 	cli, srv := e.pair()
 	if !sawAll.Load() {
-		t.Fatalf("the control connection dialled before the data connections started (%d dials)", dials.Load())
+		t.Fatalf("the control connection shook hands before the data connections started (%d dials)", dials.Load())
 	}
 	if got := cli.Stats().Streams; got != streams {
 		t.Errorf("%d data connections up, want %d", got, streams)
 	}
 	exchange(t, cli, srv, 200, 64<<10)
+}
+
+// heldConn runs hold before its first Read.
+type heldConn struct {
+	net.Conn
+	once sync.Once
+	hold func()
+}
+
+func (h *heldConn) Read(p []byte) (int, error) {
+	h.once.Do(h.hold)
+	return h.Conn.Read(p)
+}
+
+// A listener with two handshake slots, one held by a connection that never
+// speaks: the control connection takes the other, so the data connection
+// dialled early is closed at once (the listener counts it busy). It is
+// dialled again once the session is open, and the session opens with it.
+func TestEarlyDataConnectionsRetryOnABusyListener(t *testing.T) {
+	e := newEnv(t, ListenConfig{MaxHandshakes: 2, Options: Options{HandshakeTimeout: 2 * time.Second}}, DialConfig{Streams: 1})
+	idle, err := net.Dial("tcp", e.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	for deadline := time.Now().Add(5 * time.Second); e.ln.Stats().InHandshake < 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the silent connection never took a handshake slot: %+v", e.ln.Stats())
+		}
+	}
+	cli, srv := e.pair()
+	if got := cli.Stats().Streams; got != 1 {
+		t.Errorf("%d data connections up, want 1", got)
+	}
+	t.Logf("listener: %+v", e.ln.Stats())
+	exchange(t, cli, srv, 100, 64<<10)
 }
 
 // A listener that refuses the session (here: more data connections than
