@@ -68,16 +68,7 @@ func (h *heldConn) Read(p []byte) (int, error) {
 // dialled again once the session is open, and the session opens with it.
 func TestEarlyDataConnectionsRetryOnABusyListener(t *testing.T) {
 	e := newEnv(t, ListenConfig{MaxHandshakes: 2, Options: Options{HandshakeTimeout: 2 * time.Second}}, DialConfig{Streams: 1})
-	idle, err := net.Dial("tcp", e.ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	for deadline := time.Now().Add(5 * time.Second); e.ln.Stats().InHandshake < 1; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the silent connection never took a handshake slot: %+v", e.ln.Stats())
-		}
-	}
+	e.silentConns(t, 1)
 	cli, srv := e.pair()
 	if got := cli.Stats().Streams; got != 1 {
 		t.Errorf("%d data connections up, want 1", got)

@@ -3,7 +3,6 @@ package transport
 import (
 	"context"
 	"errors"
-	"net"
 	"os"
 	"runtime"
 	"strconv"
@@ -31,21 +30,8 @@ func TestListenerLimits(t *testing.T) {
 		// control connection still holds one.
 		e := newEnv(t, ListenConfig{MaxHandshakes: 2, Options: Options{HandshakeTimeout: 300 * time.Millisecond}}, DialConfig{Streams: 1})
 		// Connections that never speak hold both handshake slots...
-		idle, err := net.Dial("tcp", e.ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer idle.Close()
-		idle2, err := net.Dial("tcp", e.ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer idle2.Close()
-		for deadline := time.Now().Add(5 * time.Second); e.ln.Stats().InHandshake < 2; time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the silent connections never took the handshake slots: %+v", e.ln.Stats())
-			}
-		}
+		silent := e.silentConns(t, 2)
+		idle, idle2 := silent[0], silent[1]
 		// ...so the next one is closed at once.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -256,3 +256,24 @@ func (g *group) Wait() error {
 	g.wg.Wait()
 	return g.err
 }
+
+// silentConns opens n connections to the listener that never speak, and
+// waits until they hold n of its handshake slots. The test closes them.
+func (e *env) silentConns(t *testing.T, n int) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.Dial("tcp", e.ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		conns[i] = c
+	}
+	for deadline := time.Now().Add(5 * time.Second); e.ln.Stats().InHandshake < n; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d silent connections never took the handshake slots: %+v", n, e.ln.Stats())
+		}
+	}
+	return conns
+}
