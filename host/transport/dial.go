@@ -220,10 +220,6 @@ const (
 	busyPause   = 50 * time.Millisecond
 )
 
-// errNotNeeded ends an early data connection beyond the count the
-// listener takes (its Welcome's limits).
-var errNotNeeded = errors.New("data connection not needed")
-
 // earlyData is the data connections of a session being opened, dialled
 // while its control connection opens it (dialer.dialEarly). Each one runs
 // TCP and TLS, then waits for the session (release) before its Hello.
@@ -234,7 +230,6 @@ type earlyData struct {
 	// Set before ready is closed, read after.
 	s      *Session
 	ep     *epoch
-	n      int
 	failed error
 	// Written by connection i's goroutine, read after wg.Wait.
 	conns []*wconn
@@ -255,11 +250,8 @@ func (d *dialer) dialEarly(ctx context.Context, streams int) *earlyData {
 				case <-ctx.Done():
 					return nil, context.Cause(ctx)
 				}
-				switch {
-				case e.failed != nil:
+				if e.failed != nil {
 					return nil, e.failed
-				case i > e.n:
-					return nil, errNotNeeded
 				}
 				return e.s.attachHello(e.ep.num, i, nil)(cs)
 			})
@@ -268,10 +260,10 @@ func (d *dialer) dialEarly(ctx context.Context, streams int) *earlyData {
 	return e
 }
 
-// release lets the first n connections attach to s's epoch ep (the rest
-// close) and waits for all of them.
-func (e *earlyData) release(s *Session, ep *epoch, n int) {
-	e.s, e.ep, e.n = s, ep, n
+// release lets the connections attach to s's epoch ep and waits for all
+// of them.
+func (e *earlyData) release(s *Session, ep *epoch) {
+	e.s, e.ep = s, ep
 	close(e.ready)
 	e.wg.Wait()
 	e.cancel()
@@ -323,15 +315,17 @@ func (s *Session) attachData(ctx context.Context, ep *epoch, early *earlyData) e
 		}
 	}
 	if early != nil {
-		n = min(n, len(early.conns)-1)
-		early.release(s, ep, n)
+		// A new session: its count is the one it asked for, so every
+		// early connection attaches.
+		early.release(s, ep)
 		for i := 1; i <= n; i++ {
 			c, err := early.conns[i], early.errs[i]
-			// An early connection can fail where a later one does not: a
-			// listener with all its handshake slots taken (by the control
-			// connection among others) closes it at once, without a
-			// refusal. Dial it again now that the session is open, and
-			// twice more after a pause while the listener frees a slot.
+			// An early connection can fail where a later one does not: it
+			// competes for the listener's handshake slots with its own
+			// control connection, and a listener with none free closes it
+			// at once, without a refusal. Dial it again now that the
+			// session is open, and twice more after a pause while the
+			// listener frees a slot.
 			for try := 0; err != nil && try < busyRetries && ctx.Err() == nil && !errors.Is(err, ErrRefused) && !errors.Is(err, ErrAuth); try++ {
 				if try > 0 {
 					select {
