@@ -32,11 +32,17 @@ func newChunkReader(ctx context.Context, in io.Reader, g *errgroup.Group) *chunk
 		r.free <- make([]byte, chunkSize)
 	}
 	type deadliner interface{ SetReadDeadline(time.Time) error }
+	stop := func() bool { return false }
 	if d, ok := in.(deadliner); ok {
-		stop := context.AfterFunc(ctx, func() { _ = d.SetReadDeadline(time.Now()) })
-		g.Go(func() error { <-ctx.Done(); stop(); return nil })
+		stop = context.AfterFunc(ctx, func() { _ = d.SetReadDeadline(time.Now()) })
 	}
 	g.Go(func() error {
+		// The deadline is set while this goroutine may still read, and
+		// no longer once it is done. (Stopping it when ctx ended instead
+		// raced with the deadline itself: when the stop won, a Read
+		// blocked on an input that never delivered, such as a QEMU that
+		// was never told to migrate, was never unblocked.)
+		defer stop()
 		defer close(r.chunks)
 		for {
 			var buf []byte
