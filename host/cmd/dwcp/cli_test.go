@@ -395,6 +395,30 @@ func TestMigrateRefusesACodecItCannotFix(t *testing.T) {
 	}
 }
 
+// dwcp send takes --codec and --level as migrate does: without --codec
+// the controller chooses, and a --level alone is refused before any
+// connection is made (it once picked zstd at that level silently).
+func TestSendLevelNeedsCodec(t *testing.T) {
+	bin, plugins := buildAll(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "x.bin"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "send", filepath.Join(dir, "x.bin"), "--to", "127.0.0.1:1", "--plugin-dir", plugins, "--level", "3").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--level 3 needs --codec") {
+		t.Errorf("dwcp send --level 3: err %v, want a refusal saying --level needs --codec:\n%s", err, out)
+	}
+	help, err := exec.Command(bin, "send", "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("dwcp send --help: %v\n%s", err, help)
+	}
+	for _, line := range strings.Split(string(help), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "--codec") && strings.Contains(line, "(default") {
+			t.Errorf("dwcp send --help shows a default codec, but without --codec the controller chooses:\n%s", line)
+		}
+	}
+}
+
 // dwcp serve --metrics serves Prometheus metrics of the sessions it
 // received: two real sends over TLS, then a scrape.
 func TestServeMetrics(t *testing.T) {

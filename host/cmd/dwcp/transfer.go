@@ -128,6 +128,9 @@ func newSendCommand() *cobra.Command {
 			if err := checkStreams(streams); err != nil {
 				return err
 			}
+			if cmd.Flags().Changed("level") && codecName == "" {
+				return fmt.Errorf("--level %d needs --codec", level)
+			}
 			var in io.Reader
 			var size uint64
 			name := filepath.Base(args[0])
@@ -161,7 +164,7 @@ func newSendCommand() *cobra.Command {
 			defer sess.Close()
 			choice := plan.Settings.Start
 			var policy pipeline.Policy = plan.Controller
-			if cmd.Flags().Changed("codec") || cmd.Flags().Changed("level") {
+			if codecName != "" {
 				if choice, err = agent.PickCodec(codecs, codecName, level); err != nil {
 					return err
 				}
@@ -244,8 +247,8 @@ func newSendCommand() *cobra.Command {
 	cmd.Flags().StringVar(&to, "to", "", "peer address HOST:PORT of `dwcp serve`")
 	cmd.Flags().StringVar(&peerName, "peer-name", "", "name the peer's certificate must carry (default: the host part of --to)")
 	cmd.Flags().StringVar(&mode, "mode", "auto", "auto (measure the path), datacenter, hybrid or internet")
-	cmd.Flags().StringVar(&codecName, "codec", "zstd", "fix the codec (zstd, s2, lz4, ... or none) instead of letting the controller choose")
-	cmd.Flags().IntVar(&level, "level", -1, "fix the codec level (-1: the codec's default)")
+	cmd.Flags().StringVar(&codecName, "codec", "", "fix the codec (zstd, s2, lz4, ... or none: store) instead of letting the controller choose")
+	cmd.Flags().IntVar(&level, "level", -1, "with --codec: the codec level (-1: the codec's default)")
 	cmd.Flags().StringVar(&pageStage, "page-stage", "auto", "page stage for QEMU streams: auto (as the mode says), on (treat input as QEMU), off")
 	cmd.Flags().IntVar(&streams, "streams", 0, streamsUsage)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
