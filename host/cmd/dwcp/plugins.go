@@ -219,14 +219,20 @@ func newPluginsPinCommand() *cobra.Command {
 func newPluginsCheckCommand() *cobra.Command {
 	var huge int
 	var asJSON bool
+	var pluginDir string
 	cmd := &cobra.Command{
-		Use:   "check PATH",
+		Use:   "check PATH|NAME",
 		Short: "Run the SDK conformance kit against a plugin binary",
 		Long: "check starts the binary as the host would (shared-memory data plane and gRPC fallback)\n" +
-			"and runs every conformance check for its kind. It exits 0 only when all pass.",
+			"and runs every conformance check for its kind. It exits 0 only when all pass.\n" +
+			"PATH is any plugin binary; a NAME (as `dwcp plugins list` shows it) is looked up in\n" +
+			"the plugin directory's catalog.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			path := args[0]
+			path, err := checkTarget(args[0], pluginDir)
+			if err != nil {
+				return err
+			}
 			desc, err := plugin.DescribeBinary(cmd.Context(), path, nil)
 			if err != nil {
 				return err
@@ -259,5 +265,50 @@ func newPluginsCheckCommand() *cobra.Command {
 	}
 	cmd.Flags().IntVar(&huge, "huge", 0, "size in bytes of the huge-input check (0: the kit's default)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().StringVar(&pluginDir, "dir", defaultPluginDir(), "plugin directory where a NAME is looked up (its catalog.json)")
 	return cmd
+}
+
+// checkTarget resolves the argument of `plugins check`: a file that
+// exists is checked as it is (a plugin author's fresh build need not be
+// pinned anywhere); a bare name is looked up in dir's catalog and must
+// pass its pin. Anything
+// else gets an error that says both what was tried and what there is,
+// rather than the exec failure the describe step would report.
+func checkTarget(arg, dir string) (string, error) {
+	fi, statErr := os.Stat(arg)
+	if statErr == nil {
+		if fi.IsDir() {
+			return "", fmt.Errorf("%s is a directory; give a plugin binary or a plugin's name", arg)
+		}
+		return arg, nil
+	}
+	if !errors.Is(statErr, os.ErrNotExist) {
+		return "", statErr
+	}
+	if strings.ContainsRune(arg, filepath.Separator) {
+		return "", fmt.Errorf("no plugin binary at %s", arg)
+	}
+	cat, err := catalog.Load(dir)
+	if err != nil {
+		return "", fmt.Errorf("no file %s here, and no catalog to look the name up in: %w", arg, err)
+	}
+	// By name, the binary must pass the same checks as one the host
+	// loads (pinned digest, inside the directory).
+	ok, refused := cat.Verify()
+	for _, v := range ok {
+		if v.Name == arg {
+			return v.Path, nil
+		}
+	}
+	for _, r := range refused {
+		if r.Name == arg {
+			return "", r
+		}
+	}
+	var names []string
+	for _, e := range cat.Plugins {
+		names = append(names, e.Name)
+	}
+	return "", fmt.Errorf("no file %s here, and no plugin of that name in %s (catalog has: %s)", arg, cat.Dir, strings.Join(names, ", "))
 }
