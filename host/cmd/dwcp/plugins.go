@@ -180,9 +180,18 @@ func newPluginsListCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&dir, "dir", defaultPluginDir(), "plugin directory (holds catalog.json)")
+	pluginDirFlag(cmd, &dir, "plugin directory (holds catalog.json)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
 	return cmd
+}
+
+// pluginDirFlag registers a `dwcp plugins` subcommand's directory flag:
+// --dir, and --plugin-dir as a hidden synonym, which is the flag's name in
+// every other dwcp command (an operator's muscle memory should not fail).
+func pluginDirFlag(cmd *cobra.Command, dir *string, usage string) {
+	cmd.Flags().StringVar(dir, "dir", defaultPluginDir(), usage)
+	cmd.Flags().StringVar(dir, "plugin-dir", defaultPluginDir(), "same as --dir")
+	_ = cmd.Flags().MarkHidden("plugin-dir")
 }
 
 func dash(s string) string {
@@ -212,7 +221,7 @@ func newPluginsPinCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&dir, "dir", defaultPluginDir(), "plugin directory")
+	pluginDirFlag(cmd, &dir, "plugin directory")
 	return cmd
 }
 
@@ -265,7 +274,7 @@ func newPluginsCheckCommand() *cobra.Command {
 	}
 	cmd.Flags().IntVar(&huge, "huge", 0, "size in bytes of the huge-input check (0: the kit's default)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
-	cmd.Flags().StringVar(&pluginDir, "dir", defaultPluginDir(), "plugin directory where a NAME is looked up (its catalog.json)")
+	pluginDirFlag(cmd, &pluginDir, "plugin directory where a NAME is looked up (its catalog.json)")
 	return cmd
 }
 

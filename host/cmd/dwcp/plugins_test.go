@@ -83,7 +83,8 @@ func TestPluginsCommands(t *testing.T) {
 		}
 	}
 	// Names it does not know, and paths that are not there, say what is.
-	checkFails(t, bin, 1, "catalog has: ", "plugins", "check", "lz5", "--dir", plugins)
+	// (--plugin-dir, as in every other command, means --dir here.)
+	checkFails(t, bin, 1, "catalog has: ", "plugins", "check", "lz5", "--plugin-dir", plugins)
 	checkFails(t, bin, 1, "no plugin binary at", "plugins", "check", filepath.Join(plugins, "lz4"), "--dir", plugins)
 
 	// A plugin that breaks the contract gets a failing verdict and exit 1.
