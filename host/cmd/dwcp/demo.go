@@ -167,7 +167,7 @@ func newDemoCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&pluginDir, "plugin-dir", defaultPluginDir(), "plugin directory (with the qemu plugin and codecs, pinned)")
-	cmd.Flags().StringVar(&profile, "profile", "internet", "WAN lab profile (see `dwcp lab profiles`)")
+	cmd.Flags().StringVar(&profile, "profile", "internet", "WAN lab `PROFILE` (dwcp lab profiles lists them)")
 	cmd.Flags().StringVar(&mode, "mode", "internet", "DWCP mode for the migration")
 	cmd.Flags().IntVar(&mem, "mem", 256, "guest RAM in MiB")
 	cmd.Flags().IntVar(&dirty, "dirty-kbps", 1024, "guest dirty rate in KiB/s")

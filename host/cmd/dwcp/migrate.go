@@ -330,9 +330,6 @@ func newMigrateCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			t0 := time.Now()
-			if !cmd.Flags().Changed("max-bandwidth") {
-				req.MaxBandwidth = 0
-			}
 			req.Quiet, req.TTY, req.NoHistory = asJSON, isTerminal(cmd.ErrOrStderr()), !history
 			if cmd.Flags().Changed("level") && req.Codec == "" {
 				return fmt.Errorf("--level %d needs --codec", req.Level)
@@ -377,10 +374,10 @@ func newMigrateCommand() *cobra.Command {
 	}
 	hf.register(cmd)
 	cmd.Flags().StringVar(&req.QMP, "qmp", "", "the VM's QMP unix socket")
-	cmd.Flags().StringVar(&req.To, "to", "", "peer address HOST:PORT of `dwcp serve`")
+	cmd.Flags().StringVar(&req.To, "to", "", "peer address `HOST:PORT` of dwcp serve")
 	cmd.Flags().StringVar(&req.PeerName, "peer-name", "", "name the peer's certificate must carry (default: the host part of --to)")
 	cmd.Flags().StringVar(&req.Mode, "mode", "auto", "auto, datacenter, hybrid or internet")
-	cmd.Flags().Uint64Var(&req.MaxBandwidth, "max-bandwidth", 10<<30, "fix QEMU's max-bandwidth, bytes/s (default: follow the path's measured rate times the compression ratio)")
+	cmd.Flags().Uint64Var(&req.MaxBandwidth, "max-bandwidth", 0, "fix QEMU's max-bandwidth, bytes/s (0: follow the path's measured rate times the compression ratio)")
 	cmd.Flags().DurationVar(&req.Downtime, "downtime", 300*time.Millisecond, "downtime limit QEMU aims for")
 	cmd.Flags().DurationVar(&req.MaxTime, "max-time", 30*time.Minute, "cancel a migration that has not finished by then (the VM keeps running here)")
 	cmd.Flags().StringVar(&req.Converge, "converge", "auto-converge", "policy for guests that dirty memory faster than the link: auto-converge (throttle the guest) or none")

@@ -244,7 +244,7 @@ func newSendCommand() *cobra.Command {
 		},
 	}
 	hf.register(cmd)
-	cmd.Flags().StringVar(&to, "to", "", "peer address HOST:PORT of `dwcp serve`")
+	cmd.Flags().StringVar(&to, "to", "", "peer address `HOST:PORT` of dwcp serve")
 	cmd.Flags().StringVar(&peerName, "peer-name", "", "name the peer's certificate must carry (default: the host part of --to)")
 	cmd.Flags().StringVar(&mode, "mode", "auto", "auto (measure the path), datacenter, hybrid or internet")
 	cmd.Flags().StringVar(&codecName, "codec", "", "fix the codec (zstd, s2, lz4, ... or none: store) instead of letting the controller choose")
@@ -416,7 +416,7 @@ func newServeCommand() *cobra.Command {
 	cmd.Flags().StringVar(&outDir, "out-dir", ".", "directory received files are written to")
 	cmd.Flags().BoolVar(&once, "once", false, "exit after one session (exit status tells whether it succeeded)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics (sessions, bytes, durations, downtime; Go runtime and process) at http://ADDR/metrics, e.g. 127.0.0.1:9650 (default: off)")
-	cmd.Flags().StringVar(&control, "control", "", "unix socket where `dwcp migrate` on this host hands migrations over (default: STATE_DIR/control.sock unless --once; none: off)")
+	cmd.Flags().StringVar(&control, "control", "", "unix `SOCKET` where dwcp migrate on this host hands migrations over (default: STATE_DIR/control.sock unless --once; none: off)")
 	return cmd
 }
 
