@@ -41,6 +41,9 @@ type controlRequest struct {
 	// daemon would run the VM on the destination). A daemon that does not
 	// know this key refuses the request ("not a migrate request") instead.
 	MigrateStrict *migrateRequest `json:"migrate_strict,omitempty"`
+	// Status asks for the daemon's status (`dwcp status`); the answer is
+	// one controlMessage with Status set.
+	Status *struct{} `json:"status,omitempty"`
 }
 
 // errOldDaemon is how a daemon without migrate_strict answers it.
@@ -62,6 +65,8 @@ type controlMessage struct {
 	// the source either (migrate.ErrCancelFailed): the VM's state there
 	// is unknown.
 	CancelFailed bool `json:"cancel_failed,omitempty"`
+	// Status answers a status request.
+	Status *daemonStatus `json:"status,omitempty"`
 }
 
 // failureMessage is the daemon's report of a migration that failed.
@@ -162,7 +167,10 @@ type controlServer struct {
 	log   func(format string, args ...any)
 	// metrics counts the migrations it runs (nil: none kept).
 	metrics *metrics.Metrics
-	wg      sync.WaitGroup
+	// activity registers the migrations it runs and answers status
+	// requests (nil: an empty status).
+	activity *activity
+	wg       sync.WaitGroup
 }
 
 // listenControl creates the control socket at path. A socket that still
@@ -248,7 +256,13 @@ func (c *controlServer) handle(ctx context.Context, conn net.Conn) {
 		return
 	}
 	var creq controlRequest
-	if err := json.Unmarshal(line, &creq); err != nil || creq.request() == nil {
+	err = json.Unmarshal(line, &creq)
+	if err == nil && creq.Status != nil && creq.request() == nil {
+		st := c.activity.snapshot()
+		_ = out.send(controlMessage{Status: &st})
+		return
+	}
+	if err != nil || creq.request() == nil {
 		_ = out.send(controlMessage{Error: fmt.Sprintf("control request: %s: %v", errOldDaemon, err)})
 		return
 	}
@@ -272,7 +286,9 @@ func (c *controlServer) handle(ctx context.Context, conn net.Conn) {
 	r := *req.Migrate
 	c.log("migration of %s to %s requested over the control socket", r.QMP, r.To)
 	ended := c.metrics.Started(metrics.Out)
-	sum, err := runMigration(ctx, c.agent, c.hist, r, out, setupSteps{})
+	note, done := c.activity.begin(sessionStatus{Direction: "out", VM: r.QMP, Peer: r.To})
+	defer done()
+	sum, err := runMigration(ctx, c.agent, c.hist, r, noteWriter{w: out, note: note}, setupSteps{})
 	ended(metrics.Session{Kind: metrics.Migration, Err: err, Duration: time.Duration(sum.TotalSeconds * float64(time.Second)),
 		StreamBytes: sum.StreamBytes, WireBytes: sum.WireBytes, Downtime: time.Duration(sum.DowntimeMs * float64(time.Millisecond))})
 	if err != nil {

@@ -52,7 +52,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCommand(), newPluginsCommand(), newCertsCommand(), newSendCommand(), newServeCommand(), newLabCommand(), newMigrateCommand(), newDemoCommand(), newBenchCommand())
+	root.AddCommand(newVersionCommand(), newPluginsCommand(), newCertsCommand(), newSendCommand(), newServeCommand(), newLabCommand(), newMigrateCommand(), newStatusCommand(), newDemoCommand(), newBenchCommand())
 	return root
 }
 

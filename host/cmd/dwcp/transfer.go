@@ -357,6 +357,7 @@ func newServeCommand() *cobra.Command {
 			if hist != nil {
 				defer hist.Close()
 			}
+			act := newActivity(daemonStatus{Version: version, Name: hf.name, Listen: l.Addr().String(), Started: time.Now()})
 			explicit := control != ""
 			if !explicit && !once {
 				control = controlSocketPath(hf.stateDir)
@@ -371,7 +372,7 @@ func newServeCommand() *cobra.Command {
 				})
 				switch {
 				case err == nil:
-					cs.metrics = m
+					cs.metrics, cs.activity = m, act
 					cs.serve(ctx)
 					defer cs.Close()
 				case explicit:
@@ -401,7 +402,7 @@ func newServeCommand() *cobra.Command {
 					}
 					return err
 				}
-				err = receiveOne(ctx, cmd, a, hist, sess, outDir, byAlgo, m)
+				err = receiveOne(ctx, cmd, a, hist, sess, outDir, byAlgo, m, act)
 				if err != nil {
 					fmt.Fprintf(cmd.ErrOrStderr(), "dwcp serve: session from %s failed: %v\n", sess.PeerName(), err)
 				}
@@ -423,8 +424,10 @@ func newServeCommand() *cobra.Command {
 // receiveOne serves one session: a migration, or a stream into outDir.
 // Sessions are served one at a time: a migration needs the host's cores
 // more than a second one does.
-func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, hist *pagestore.Store, sess *transport.Session, outDir string, codecs map[string]codec.Codec, m *metrics.Metrics) (err error) {
+func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, hist *pagestore.Store, sess *transport.Session, outDir string, codecs map[string]codec.Codec, m *metrics.Metrics, act *activity) (err error) {
 	defer sess.Close()
+	note, done := act.begin(sessionStatus{Direction: "in", Peer: sess.PeerName()})
+	defer done()
 	start := time.Now()
 	ended := m.Started(metrics.In)
 	var res migrate.DestResult
@@ -438,7 +441,9 @@ func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, hist *p
 	}()
 	var final string
 	logf := func(format string, args ...any) {
-		fmt.Fprintf(cmd.OutOrStdout(), "dwcp serve: "+format+"\n", args...)
+		line := fmt.Sprintf(format, args...)
+		note(line)
+		fmt.Fprintf(cmd.OutOrStdout(), "dwcp serve: %s\n", line)
 	}
 	opts := migrate.DestOptions{
 		DestConfig: pipeline.DestConfig{Codecs: codecs, PageStage: pipeline.PageStageDecoder, Name: sess.PeerName()},
