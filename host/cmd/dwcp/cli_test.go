@@ -426,36 +426,11 @@ func TestServeMetrics(t *testing.T) {
 	dir := t.TempDir()
 	certs := filepath.Join(dir, "certs")
 	makeCerts(t, bin, certs)
-	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--certs", certs, "--name", "hostb", "--control", "none",
-		"--out-dir", filepath.Join(dir, "out"), "--plugin-dir", plugins, "--metrics", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "DWCP_STATE="+filepath.Join(dir, "serve-state"))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	sc := bufio.NewScanner(stdout)
-	var addr, metricsURL string
-	for (addr == "" || metricsURL == "") && sc.Scan() {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
-			addr = m[1]
-		}
-		if m := regexp.MustCompile(`metrics on (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
-			metricsURL = m[1]
-		}
-	}
-	if addr == "" || metricsURL == "" {
-		t.Fatalf("serve did not say where it listens: %s", stderr.String())
-	}
-	go func() {
-		for sc.Scan() {
-		}
-	}()
+	got := startDaemon(t, bin, []string{"DWCP_STATE=" + filepath.Join(dir, "serve-state")},
+		[]string{"--listen", "127.0.0.1:0", "--certs", certs, "--name", "hostb", "--control", "none",
+			"--out-dir", filepath.Join(dir, "out"), "--plugin-dir", plugins, "--metrics", "127.0.0.1:0"},
+		`listening on (\S+)`, `metrics on (\S+)`)
+	addr, metricsURL := got[0], got[1]
 	input := mixedFile(t, filepath.Join(dir, "state.bin"), 4<<20)
 	// The codec is fixed: on loopback the controller may rightly choose
 	// to store when the CPU is the bottleneck (a CI run under -race did),
@@ -491,6 +466,49 @@ func TestServeMetrics(t *testing.T) {
 	if _, ok := metricValue(body, "process_resident_memory_bytes"); !ok {
 		t.Error("no process metrics")
 	}
+}
+
+// startDaemon starts a long-running `dwcp serve` with args (and env
+// added to the test's environment), reads its standard output until each
+// pattern, a regexp with one group, has matched once, and returns the
+// groups in the patterns' order. The test's cleanup kills it and waits.
+func startDaemon(t *testing.T, bin string, env, args []string, patterns ...string) []string {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	got := make([]string, len(patterns))
+	left := len(patterns)
+	sc := bufio.NewScanner(stdout)
+	for left > 0 && sc.Scan() {
+		for i, p := range patterns {
+			if m := regexp.MustCompile(p).FindStringSubmatch(sc.Text()); m != nil && got[i] == "" {
+				got[i] = m[1]
+				left--
+			}
+		}
+	}
+	// Keep draining, so that the daemon never blocks on a full pipe.
+	go func() {
+		for sc.Scan() {
+		}
+		cmd.Wait()
+		close(done)
+	}()
+	if left > 0 {
+		t.Fatalf("dwcp serve did not print %q: %s", patterns, stderr.String())
+	}
+	return got
 }
 
 // metricValue finds a series (name and labels exactly as exposed) in a

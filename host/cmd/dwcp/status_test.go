@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -94,34 +92,9 @@ func TestStatusCommand(t *testing.T) {
 	certs := filepath.Join(dir, "certs")
 	makeCerts(t, bin, certs)
 	sock := filepath.Join(dir, "state", controlSocketName)
-	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--certs", certs, "--name", "hostb",
-		"--out-dir", filepath.Join(dir, "out"), "--plugin-dir", plugins, "--state-dir", filepath.Join(dir, "state"))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	defer func() { cmd.Process.Kill(); <-done }()
-	sc := bufio.NewScanner(stdout)
-	var addr string
-	for addr == "" && sc.Scan() {
-		if _, rest, ok := strings.Cut(sc.Text(), "listening on "); ok {
-			addr, _, _ = strings.Cut(rest, " ")
-		}
-	}
-	go func() {
-		for sc.Scan() {
-		}
-		cmd.Wait()
-		close(done)
-	}()
-	if addr == "" {
-		t.Fatal("serve did not say where it listens")
-	}
+	addr := startDaemon(t, bin, nil, []string{"--listen", "127.0.0.1:0", "--certs", certs, "--name", "hostb",
+		"--out-dir", filepath.Join(dir, "out"), "--plugin-dir", plugins, "--state-dir", filepath.Join(dir, "state")},
+		`listening on (\S+)`)[0]
 	out := run(t, bin, "status", "--state-dir", filepath.Join(dir, "state"))
 	if !strings.Contains(out, "as hostb, listening on "+addr) || !strings.Contains(out, "no sessions in progress") {
 		t.Errorf("dwcp status:\n%s", out)
