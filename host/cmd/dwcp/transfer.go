@@ -455,6 +455,7 @@ func receiveOne(ctx context.Context, cmd *cobra.Command, a *agent.Agent, hist *p
 				return nil, nil, fmt.Errorf("refusing file name %q", h.Name)
 			}
 			final = filepath.Join(outDir, base)
+			note("receiving " + final)
 			tmp, err := os.CreateTemp(outDir, "."+base+".partial-*")
 			if err != nil {
 				return nil, nil, err
