@@ -288,7 +288,13 @@ func (c *controlServer) handle(ctx context.Context, conn net.Conn) {
 	ended := c.metrics.Started(metrics.Out)
 	note, done := c.activity.begin(sessionStatus{Direction: "out", VM: r.QMP, Peer: r.To})
 	defer done()
-	sum, err := runMigration(ctx, c.agent, c.hist, r, noteWriter{w: out, note: note}, setupSteps{})
+	// The progress goes to the client, and its latest line to the status,
+	// unless the client asked for none (--json): then to the status only.
+	var progress io.Writer = out
+	if r.Quiet {
+		progress, r.Quiet = io.Discard, false
+	}
+	sum, err := runMigration(ctx, c.agent, c.hist, r, noteWriter{w: progress, note: note}, setupSteps{})
 	ended(metrics.Session{Kind: metrics.Migration, Err: err, Duration: time.Duration(sum.TotalSeconds * float64(time.Second)),
 		StreamBytes: sum.StreamBytes, WireBytes: sum.WireBytes, Downtime: time.Duration(sum.DowntimeMs * float64(time.Millisecond))})
 	if err != nil {

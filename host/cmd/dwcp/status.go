@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -105,9 +106,12 @@ func (a *activity) snapshot() daemonStatus {
 	return st
 }
 
-// lastLine is the last non-empty line of s, trimmed (progress output may
-// carry a carriage return or several lines in one write).
+// lastLine is the last non-empty line of s, trimmed and without terminal
+// escape sequences (progress output on a terminal redraws its line with
+// a carriage return and an erase-line sequence, and one write may carry
+// several lines).
 func lastLine(s string) string {
+	s = ansiEscape.ReplaceAllString(s, "")
 	lines := strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' })
 	for i := len(lines) - 1; i >= 0; i-- {
 		if l := strings.TrimSpace(lines[i]); l != "" {
@@ -116,6 +120,9 @@ func lastLine(s string) string {
 	}
 	return ""
 }
+
+// ansiEscape matches a terminal control sequence (CSI).
+var ansiEscape = regexp.MustCompile("\x1b\\[[0-9;?]*[ -/]*[@-~]")
 
 // noteWriter passes writes on to w and notes their last line.
 type noteWriter struct {

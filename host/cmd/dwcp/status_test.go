@@ -38,7 +38,7 @@ func TestStatusOverTheControlSocket(t *testing.T) {
 	noteOut, endOut := cs.activity.begin(sessionStatus{Direction: "out", VM: "/run/vm1.qmp", Peer: "hostc:4650"})
 	noteIn, endIn := cs.activity.begin(sessionStatus{Direction: "in", Peer: "hosta"})
 	w := noteWriter{w: &strings.Builder{}, note: noteOut}
-	w.Write([]byte("pass 1, QEMU active: 10 MiB sent\n\rpass 2, QEMU active: 20 MiB sent\n"))
+	w.Write([]byte("pass 1, QEMU active: 10 MiB sent\n\r\x1b[Kpass 2, QEMU active: 20 MiB sent\n"))
 	noteIn("migration m1 from hosta: stream started")
 	noteIn("   \n") // blank lines do not replace the latest
 	st, err = queryStatus(ctx, path)
