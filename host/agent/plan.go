@@ -154,6 +154,17 @@ type prefixConn struct {
 	first []byte
 }
 
+// RecvBuffer must be overridden too: the embedded Session's would skip
+// the first message.
+func (p *prefixConn) RecvBuffer(ctx context.Context) ([]byte, func(), error) {
+	if p.first != nil {
+		f := p.first
+		p.first = nil
+		return f, func() {}, nil
+	}
+	return p.Session.RecvBuffer(ctx)
+}
+
 func (p *prefixConn) Recv(ctx context.Context) ([]byte, error) {
 	if p.first != nil {
 		f := p.first

@@ -28,7 +28,8 @@ import (
 )
 
 // Conn is the ordered, reliable message connection the pipeline runs on
-// (a transport session).
+// (a transport session). Send must be done with msg when it returns: the
+// pipeline reuses the memory for its next frame.
 type Conn interface {
 	Send(ctx context.Context, msg []byte) error
 	Recv(ctx context.Context) ([]byte, error)

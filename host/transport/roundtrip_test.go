@@ -107,3 +107,56 @@ func TestRoundTrip(t *testing.T) {
 		})
 	}
 }
+
+// RecvBuffer lends the session's buffers: a message held (not yet
+// released) keeps its bytes while later messages arrive, and released
+// buffers carry later messages intact.
+func TestRecvBuffer(t *testing.T) {
+	e := newEnv(t, ListenConfig{}, DialConfig{Streams: 2})
+	cli, srv := e.pair()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const count, maxSize, holding = 400, 256 << 10, 3
+	sent := make(chan error, 1)
+	go func() {
+		err := sendN(ctx, cli, 1, count, maxSize)
+		if err == nil {
+			err = cli.CloseWrite(ctx)
+		}
+		sent <- err
+	}()
+	type held struct {
+		i       uint64
+		msg     []byte
+		release func()
+	}
+	var window []held
+	for i := uint64(0); ; i++ {
+		msg, release, err := srv.RecvBuffer(ctx)
+		if errors.Is(err, io.EOF) {
+			if i != count {
+				t.Fatalf("EOF after %d messages, want %d", i, count)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		window = append(window, held{i, msg, release})
+		for _, h := range window {
+			if err := checkMessage(1, h.i, maxSize, h.msg); err != nil {
+				t.Fatalf("message %d, checked while message %d arrived: %v", h.i, i, err)
+			}
+		}
+		if len(window) == holding {
+			window[0].release()
+			window = window[1:]
+		}
+	}
+	for _, h := range window {
+		h.release()
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -353,12 +353,43 @@ func (s *Session) RecvAppend(ctx context.Context, dst []byte) ([]byte, error) {
 	return s.recv(ctx, laneBulk, dst, true)
 }
 
+// RecvBuffer is Recv without handing the session's receive buffer over:
+// release gives it back for the next message, so a receiver that is done
+// with each message in turn allocates none. msg must not be used after
+// release; a caller that never releases only costs the pool a buffer.
+func (s *Session) RecvBuffer(ctx context.Context) (msg []byte, release func(), err error) {
+	var buf *buffer
+	msg, err = s.recvInto(ctx, laneBulk, &buf)
+	if err != nil {
+		return nil, nil, err
+	}
+	return msg, buf.release, nil
+}
+
 // RecvPriority returns the next message of the priority lane.
 func (s *Session) RecvPriority(ctx context.Context) ([]byte, error) {
 	return s.recv(ctx, lanePriority, nil, false)
 }
 
 func (s *Session) recv(ctx context.Context, lane uint8, dst []byte, appendTo bool) ([]byte, error) {
+	if appendTo {
+		var buf *buffer
+		msg, err := s.recvInto(ctx, lane, &buf)
+		if err != nil {
+			return nil, err
+		}
+		dst = append(dst, msg...)
+		buf.release()
+		return dst, nil
+	}
+	// The pooled buffer is handed over; the pool makes another.
+	var buf *buffer
+	return s.recvInto(ctx, lane, &buf)
+}
+
+// recvInto returns the next message of lane and, in *held, the pooled
+// buffer holding it (one reference, the caller's).
+func (s *Session) recvInto(ctx context.Context, lane uint8, held **buffer) ([]byte, error) {
 	in := s.in[lane]
 	for {
 		s.mu.Lock()
@@ -379,12 +410,7 @@ func (s *Session) recv(ctx context.Context, lane uint8, dst []byte, appendTo boo
 			if ack && ep != nil {
 				kick(ep.ctlKick)
 			}
-			if appendTo {
-				dst = append(dst, buf.b[:n]...)
-				buf.release()
-				return dst, nil
-			}
-			// The pooled buffer is handed over; the pool makes another.
+			*held = buf
 			return buf.b[:n:n], nil
 		}
 		if in.finSet && in.consumed == in.fin {
