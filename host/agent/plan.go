@@ -154,8 +154,8 @@ type prefixConn struct {
 	first []byte
 }
 
-// RecvBuffer must be overridden too: the embedded Session's would skip
-// the first message.
+// RecvBuffer delivers the leftover first; every receive method the
+// embedded Session has must go through here, or it would skip it.
 func (p *prefixConn) RecvBuffer(ctx context.Context) ([]byte, func(), error) {
 	if p.first != nil {
 		f := p.first
@@ -165,13 +165,11 @@ func (p *prefixConn) RecvBuffer(ctx context.Context) ([]byte, func(), error) {
 	return p.Session.RecvBuffer(ctx)
 }
 
+// Recv is RecvBuffer keeping the buffer (a lent buffer never given back
+// is as good as a handed-over one).
 func (p *prefixConn) Recv(ctx context.Context) ([]byte, error) {
-	if p.first != nil {
-		f := p.first
-		p.first = nil
-		return f, nil
-	}
-	return p.Session.Recv(ctx)
+	msg, _, err := p.RecvBuffer(ctx)
+	return msg, err
 }
 
 // CodecPin is a codec and level the user fixed for a session (`dwcp

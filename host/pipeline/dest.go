@@ -183,16 +183,15 @@ func Receive(ctx context.Context, c Conn, cfg DestConfig, prog *Progress) (*stre
 		defer close(work)
 		defer close(order)
 		var next uint64
-		lender, lends := c.(bufferedConn)
+		recv := func(ctx context.Context) ([]byte, func(), error) {
+			f, err := c.Recv(ctx)
+			return f, nil, err
+		}
+		if l, ok := c.(bufferedConn); ok {
+			recv = l.RecvBuffer
+		}
 		for {
-			var f []byte
-			var release func()
-			var err error
-			if lends {
-				f, release, err = lender.RecvBuffer(gctx)
-			} else {
-				f, err = c.Recv(gctx)
-			}
+			f, release, err := recv(gctx)
 			if err != nil {
 				return fmt.Errorf("receive from source: %w", err)
 			}

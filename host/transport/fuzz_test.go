@@ -141,7 +141,7 @@ func readFramesFuzz(t *testing.T, stream []byte, conn int, peerCaps []string) {
 	cancel()
 	for lane := range uint8(numLanes) {
 		for i := 0; ; i++ {
-			m, err := s.recv(ctx, lane, nil, false)
+			m, _, err := s.recv(ctx, lane)
 			if err != nil {
 				if i > frames {
 					t.Fatalf("lane %d delivered %d messages from %d frames", lane, i, frames)

@@ -342,24 +342,33 @@ func (s *Session) SetSendWindow(n int64) {
 	}
 }
 
-// CloseWrite and the last message it returns io.EOF.
+// Recv returns the next message of the bulk lane; after the peer's
+// CloseWrite and the last message it returns io.EOF. The message's
+// buffer is handed over (the session's pool makes another).
 func (s *Session) Recv(ctx context.Context) ([]byte, error) {
-	return s.recv(ctx, laneBulk, nil, false)
+	msg, _, err := s.recv(ctx, laneBulk)
+	return msg, err
 }
 
 // RecvAppend is Recv appending the message to dst, which lets a caller
 // reuse one buffer and the session recycle its own.
 func (s *Session) RecvAppend(ctx context.Context, dst []byte) ([]byte, error) {
-	return s.recv(ctx, laneBulk, dst, true)
+	msg, buf, err := s.recv(ctx, laneBulk)
+	if err != nil {
+		return nil, err
+	}
+	dst = append(dst, msg...)
+	buf.release()
+	return dst, nil
 }
 
-// RecvBuffer is Recv without handing the session's receive buffer over:
-// release gives it back for the next message, so a receiver that is done
-// with each message in turn allocates none. msg must not be used after
-// release; a caller that never releases only costs the pool a buffer.
+// RecvBuffer is Recv lending the session's receive buffer instead of
+// handing it over: release gives it back for the next message, so a
+// receiver that is done with each message in turn allocates none. msg
+// must not be used after release; a caller that never releases only
+// costs the pool a buffer.
 func (s *Session) RecvBuffer(ctx context.Context) (msg []byte, release func(), err error) {
-	var buf *buffer
-	msg, err = s.recvInto(ctx, laneBulk, &buf)
+	msg, buf, err := s.recv(ctx, laneBulk)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -368,34 +377,19 @@ func (s *Session) RecvBuffer(ctx context.Context) (msg []byte, release func(), e
 
 // RecvPriority returns the next message of the priority lane.
 func (s *Session) RecvPriority(ctx context.Context) ([]byte, error) {
-	return s.recv(ctx, lanePriority, nil, false)
+	msg, _, err := s.recv(ctx, lanePriority)
+	return msg, err
 }
 
-func (s *Session) recv(ctx context.Context, lane uint8, dst []byte, appendTo bool) ([]byte, error) {
-	if appendTo {
-		var buf *buffer
-		msg, err := s.recvInto(ctx, lane, &buf)
-		if err != nil {
-			return nil, err
-		}
-		dst = append(dst, msg...)
-		buf.release()
-		return dst, nil
-	}
-	// The pooled buffer is handed over; the pool makes another.
-	var buf *buffer
-	return s.recvInto(ctx, lane, &buf)
-}
-
-// recvInto returns the next message of lane and, in *held, the pooled
-// buffer holding it (one reference, the caller's).
-func (s *Session) recvInto(ctx context.Context, lane uint8, held **buffer) ([]byte, error) {
+// recv returns the next message of lane and the pooled buffer holding it
+// (one reference, the caller's).
+func (s *Session) recv(ctx context.Context, lane uint8) ([]byte, *buffer, error) {
 	in := s.in[lane]
 	for {
 		s.mu.Lock()
 		if s.localClose {
 			s.mu.Unlock()
-			return nil, fmt.Errorf("transport: recv: %w", ErrClosed)
+			return nil, nil, fmt.Errorf("transport: recv: %w", ErrClosed)
 		}
 		if buf, n := in.take(); buf != nil {
 			s.st.msgsRecv++
@@ -410,24 +404,23 @@ func (s *Session) recvInto(ctx context.Context, lane uint8, held **buffer) ([]by
 			if ack && ep != nil {
 				kick(ep.ctlKick)
 			}
-			*held = buf
-			return buf.b[:n:n], nil
+			return buf.b[:n:n], buf, nil
 		}
 		if in.finSet && in.consumed == in.fin {
 			s.mu.Unlock()
-			return nil, io.EOF
+			return nil, nil, io.EOF
 		}
 		if s.err != nil {
 			err := s.err
 			s.mu.Unlock()
-			return nil, fmt.Errorf("transport: recv: %w", err)
+			return nil, nil, fmt.Errorf("transport: recv: %w", err)
 		}
 		s.mu.Unlock()
 		select {
 		case <-in.ready:
 		case <-s.done:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("transport: recv: %w", ctx.Err())
+			return nil, nil, fmt.Errorf("transport: recv: %w", ctx.Err())
 		}
 	}
 }
