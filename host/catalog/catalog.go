@@ -75,6 +75,9 @@ type Refusal struct {
 
 func (r Refusal) Error() string { return fmt.Sprintf("plugin %s (%s): %v", r.Name, r.Path, r.Err) }
 
+// Unwrap lets errors.Is see the sentinel (ErrTampered, ...) behind it.
+func (r Refusal) Unwrap() error { return r.Err }
+
 // Load reads dir/catalog.json.
 func Load(dir string) (*Catalog, error) {
 	abs, err := filepath.Abs(dir)
@@ -173,24 +176,15 @@ func (c *Catalog) Verify() ([]Verified, []Refusal) {
 	var refused []Refusal
 	listed := map[string]bool{}
 	for _, e := range c.Plugins {
-		path, err := resolve(c.Dir, e.File)
-		if err != nil {
-			refused = append(refused, Refusal{Name: e.Name, Path: filepath.Join(c.Dir, e.File), Err: err})
+		v, r := c.verifyEntry(e)
+		if v.Path != "" {
+			listed[v.Path] = true
+		}
+		if r != nil {
+			refused = append(refused, *r)
 			continue
 		}
-		listed[path] = true
-		want, _ := e.Sum()
-		got, err := plugin.FileSHA256(path)
-		if err != nil {
-			refused = append(refused, Refusal{Name: e.Name, Path: path, Err: err})
-			continue
-		}
-		if !bytes.Equal(got, want) {
-			refused = append(refused, Refusal{Name: e.Name, Path: path,
-				Err: fmt.Errorf("%w: have %x, pinned %s (rebuild and run `dwcp plugins pin` if you changed it on purpose)", ErrTampered, got, e.SHA256)})
-			continue
-		}
-		ok = append(ok, Verified{Entry: e, Path: path, Sum: got})
+		ok = append(ok, v)
 	}
 	for _, name := range executables(c.Dir) {
 		path, err := resolve(c.Dir, name)
@@ -203,6 +197,42 @@ func (c *Catalog) Verify() ([]Verified, []Refusal) {
 		}
 	}
 	return ok, refused
+}
+
+// VerifyEntry checks the one entry called name, as Verify checks each
+// (resolved inside the directory, digest equal to the pin), without
+// reading the other plugins. The error is a Refusal, or says that the
+// catalog has no such entry.
+func (c *Catalog) VerifyEntry(name string) (Verified, error) {
+	for _, e := range c.Plugins {
+		if e.Name == name {
+			v, r := c.verifyEntry(e)
+			if r != nil {
+				return Verified{}, *r
+			}
+			return v, nil
+		}
+	}
+	return Verified{}, fmt.Errorf("plugin %s: %w", name, ErrUnknown)
+}
+
+// verifyEntry checks e. The Verified it returns carries the resolved path
+// whenever the file resolved, also when it was refused afterwards.
+func (c *Catalog) verifyEntry(e Entry) (Verified, *Refusal) {
+	path, err := resolve(c.Dir, e.File)
+	if err != nil {
+		return Verified{}, &Refusal{Name: e.Name, Path: filepath.Join(c.Dir, e.File), Err: err}
+	}
+	want, _ := e.Sum()
+	got, err := plugin.FileSHA256(path)
+	if err != nil {
+		return Verified{Path: path}, &Refusal{Name: e.Name, Path: path, Err: err}
+	}
+	if !bytes.Equal(got, want) {
+		return Verified{Path: path}, &Refusal{Name: e.Name, Path: path,
+			Err: fmt.Errorf("%w: have %x, pinned %s (rebuild and run `dwcp plugins pin` if you changed it on purpose)", ErrTampered, got, e.SHA256)}
+	}
+	return Verified{Entry: e, Path: path, Sum: got}, nil
 }
 
 // executables lists the names of executable files (or links) in dir.

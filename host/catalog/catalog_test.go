@@ -88,6 +88,16 @@ func TestVerifyRefusesTamperedUnknownAndEscapingFiles(t *testing.T) {
 	if err, found := got["alias"]; found {
 		t.Errorf("alias refused: %v", err)
 	}
+	// VerifyEntry, one entry at a time, gives each entry's verdict too;
+	// a name the catalog does not list is unknown.
+	if v, err := c.VerifyEntry("good"); err != nil || v.Path != ok[0].Path {
+		t.Errorf("VerifyEntry(good) = %+v, %v", v, err)
+	}
+	for name, sentinel := range want {
+		if _, err := c.VerifyEntry(name); !errors.Is(err, sentinel) {
+			t.Errorf("VerifyEntry(%s): %v, want %v", name, err, sentinel)
+		}
+	}
 }
 
 func TestLoadRejectsMalformedCatalogs(t *testing.T) {

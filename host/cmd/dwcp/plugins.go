@@ -304,16 +304,12 @@ func checkTarget(arg, dir string) (string, error) {
 	}
 	// By name, the binary must pass the same checks as one the host
 	// loads (pinned digest, inside the directory).
-	ok, refused := cat.Verify()
-	for _, v := range ok {
-		if v.Name == arg {
-			return v.Path, nil
-		}
+	v, err := cat.VerifyEntry(arg)
+	if err == nil {
+		return v.Path, nil
 	}
-	for _, r := range refused {
-		if r.Name == arg {
-			return "", r
-		}
+	if !errors.Is(err, catalog.ErrUnknown) {
+		return "", err
 	}
 	var names []string
 	for _, e := range cat.Plugins {
